@@ -1,0 +1,108 @@
+"""`flux-proxy serve | check-config`: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .settings import ConfigError, Settings, load_settings
+
+__all__ = ["app_factory", "main"]
+
+
+def _load(config: str | None) -> Settings:
+    return load_settings(config)
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log.level.upper(), stream=sys.stderr, format="%(name)s %(message)s"
+    )
+
+
+def app_factory() -> object:
+    """uvicorn factory for multi-worker serving: settings come from FLUX_PROXY_CONFIG + env."""
+    from .app import create_app
+
+    settings = load_settings()
+    _configure_logging(settings)
+    return create_app(settings)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    if args.config:
+        os.environ["FLUX_PROXY_CONFIG"] = str(args.config)  # for worker processes
+    settings = _load(args.config)
+    host = args.host or settings.server.host
+    port = args.port if args.port is not None else settings.server.port
+    workers = args.workers or settings.server.workers
+    _configure_logging(settings)
+    from .app import create_app
+
+    app = create_app(settings)  # validates the whole set-up before binding the port
+    mode = f"hosted fal API via {settings.upstream.queue}"
+    print(
+        f"flux-proxy {__version__} listening on http://{host}:{port} "
+        f"(proxy route {settings.server.route}, {mode})",
+        file=sys.stderr, flush=True,
+    )
+    common = dict(
+        host=host, port=port, loop="auto", http="auto", access_log=False,
+        log_level=settings.log.level, server_header=False, proxy_headers=False,
+        timeout_graceful_shutdown=5,
+    )
+    if workers > 1:
+        uvicorn.run("proxy.cli:app_factory", factory=True, workers=workers, **common)  # type: ignore[arg-type]
+    else:
+        uvicorn.run(app, **common)  # type: ignore[arg-type]
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    from .assemble import build_pipeline
+
+    build_pipeline(settings)  # same checks as start-up (e.g. a key for hosted mode)
+    print(json.dumps(settings.public_dict(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flux-proxy", description="A secure, fast proxy for fal's @fal-ai/client."
+    )
+    parser.add_argument("--version", action="version", version=f"flux-proxy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the proxy server")
+    serve.add_argument("--host", default=None, help="bind address (default from config)")
+    serve.add_argument("--port", type=int, default=None, help="port (default from config)")
+    serve.add_argument("--config", default=None, help="TOML config file (or FLUX_PROXY_CONFIG)")
+    serve.add_argument("--workers", type=int, default=None, help="worker processes")
+    serve.set_defaults(func=_serve)
+
+    check = sub.add_parser("check-config", help="validate and print the effective settings")
+    check.add_argument("--config", default=None, help="TOML config file (or FLUX_PROXY_CONFIG)")
+    check.set_defaults(func=_check_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"flux-proxy: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,43 @@
+"""The proxy as an ASGI app of its own, to `Mount` at a path in a Starlette or FastAPI app."""
+
+from __future__ import annotations
+
+from .asgi_types import Receive, Scope, Send
+from .assemble import build_pipeline
+from .backends.base import Backend
+from .pipeline import Pipeline
+from .settings import Settings
+
+__all__ = ["FalProxy"]
+
+
+class FalProxy:
+    """Every HTTP request it receives is a proxy request, whatever the path under its mount.
+
+    `Mount("/api/fal/proxy", app=FalProxy(settings))`. Mounted apps get no lifespan events,
+    so the connection pool opens on first use; call `aclose()` from the host's shutdown.
+    """
+
+    def __init__(self, settings: Settings, *, backend: Backend | None = None) -> None:
+        self.settings = settings
+        self.pipeline: Pipeline = build_pipeline(settings, backend)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self.pipeline(scope, receive, send)
+        elif kind == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await self.aclose()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        else:  # websockets: nothing here speaks them
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def aclose(self) -> None:
+        """Close the upstream connection pool (idempotent)."""
+        await self.pipeline.backend.aclose()
