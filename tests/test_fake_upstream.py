@@ -214,7 +214,7 @@ def test_run_stream_and_disconnect(fake_fal: FakeFal, client: httpx.Client) -> N
         for line in resp.iter_lines():
             if line.startswith("data:"):
                 break
-        assert fake_fal.streams_open == 1
+        assert fake_fal.wait_for(lambda: fake_fal.streams_open == 1, timeout=3)
     # leaving the block closes the connection -> the fake sees http.disconnect
     fake_fal.wait_for(lambda: fake_fal.stream_disconnects == 1, timeout=3)
     assert fake_fal.streams_open == 0

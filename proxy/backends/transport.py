@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
+from yarl import URL
 
 from ..headers import filter_response_headers
 from ..settings import UpstreamSettings
@@ -105,7 +106,10 @@ class HttpTransport:
         try:
             async with asyncio.timeout(self._settings.first_byte_timeout):
                 resp = await session.request(
-                    method, url, headers=headers, data=body, allow_redirects=False,
+                    # encoded=True: the URL was rebuilt from validated parts; yarl must not
+                    # re-quote or normalise it (that would change a webhook's encoding).
+                    method, URL(url, encoded=True), headers=headers, data=body,
+                    allow_redirects=False,
                     timeout=self._stream_timeout if stream else self._plain_timeout,
                     compress=None, chunked=None,
                 )
