@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .backends.base import Backend
 from .backends.hosted import HostedBackend
-from .context import ProxyRequest
+from .context import Caller, ProxyRequest
 from .errors import ProxyError
 from .observability import AccessLog
 from .pipeline import Pipeline, Stages
@@ -14,6 +14,12 @@ from .target import Operation
 __all__ = ["build_backend", "build_pipeline", "build_stages"]
 
 
+async def _identify_by_address(request: ProxyRequest) -> None:
+    """Until identity is configured, the caller is its network address."""
+    host = request.client_host
+    request.caller = Caller(id=f"ip:{host}", kind="address", address=host)
+
+
 async def _refuse_tokens(request: ProxyRequest) -> None:
     """Temporary fal tokens bypass the proxy entirely afterwards; refused unless enabled."""
     if request.target.operation is Operation.TOKEN:
@@ -21,7 +27,7 @@ async def _refuse_tokens(request: ProxyRequest) -> None:
 
 
 def build_stages(settings: Settings) -> Stages:
-    return Stages(authorize=_refuse_tokens)
+    return Stages(identify=_identify_by_address, authorize=_refuse_tokens)
 
 
 def build_backend(settings: Settings) -> Backend:
