@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torchao float8 dynamic quantisation of the transformer (needs SM >= 8.9)",
     )
     parser.add_argument(
+        "--fuse-qkv", action="store_true", help="fuse attention q/k/v projections (speed)"
+    )
+    parser.add_argument(
         "--offload",
         choices=["none", "model", "sequential"],
         default="none",
@@ -107,6 +110,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         compile=args.compile,
         compile_mode=args.compile_mode,
         fp8=args.fp8,
+        fuse_qkv=args.fuse_qkv,
         offload=args.offload,
         warmup=args.warmup,
         warmup_image_size=warmup_size,

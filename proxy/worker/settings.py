@@ -36,6 +36,8 @@ class WorkerSettings:
     #: Passed to ``torch.compile(mode=...)``; ``None`` = torch's default mode.
     compile_mode: str | None = None
     fp8: bool = False
+    #: Fuse the attention q/k/v projections into one matmul (fewer, bigger GEMMs).
+    fuse_qkv: bool = False
     offload: Offload = "none"
     #: Run one generation at start-up so /readyz only says ready once kernels are hot.
     warmup: bool = True
