@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import signal
 import threading
 import uuid
 from collections.abc import AsyncIterator
@@ -90,6 +92,7 @@ class WorkerState:
         except Exception as exc:
             self.load, self.error = "failed", f"{type(exc).__name__}: {exc}"
             log.error("model load failed: %s", self.error)
+            self._maybe_exit()
             return
         self.load = "done"
         if self.warmup == "skipped":
@@ -100,8 +103,14 @@ class WorkerState:
         except Exception as exc:
             self.warmup, self.error = "failed", f"{type(exc).__name__}: {exc}"
             log.error("warm-up failed: %s", self.error)
+            self._maybe_exit()
             return
         self.warmup = "done"
+
+    def _maybe_exit(self) -> None:
+        if self.settings.exit_on_load_failure:
+            # uvicorn turns SIGINT into a graceful shutdown; the CLI then exits non-zero.
+            os.kill(os.getpid(), signal.SIGINT)
 
     def shutdown(self) -> None:
         for ev in self.jobs.values():
@@ -184,6 +193,7 @@ class JobResponse(Response):
             raise
         fut.add_done_callback(finished)
         watcher = asyncio.create_task(watch_disconnect())
+        getter: asyncio.Future[dict[str, Any] | None] | None = None
         headers = [(REQUEST_ID_HEADER.encode(), self.job_id.encode())]
         try:
             if self.stream:
@@ -210,12 +220,13 @@ class JobResponse(Response):
                     )
                 )
             while True:
-                try:
-                    ev = await asyncio.wait_for(events.get(), _KEEPALIVE_S)
-                except TimeoutError:
+                # A persistent getter (never cancelled by a timeout) cannot lose an event,
+                # in particular not the end-of-job sentinel.
+                getter = asyncio.ensure_future(events.get())
+                while not (await asyncio.wait({getter}, timeout=_KEEPALIVE_S))[0]:
                     if self.stream:
                         await emit(b": keep-alive\n\n")
-                    continue
+                ev = getter.result()
                 if ev is None:
                     break
                 if self.stream:
@@ -248,6 +259,8 @@ class JobResponse(Response):
                 await resp(scope, receive, send)
         finally:
             cancel.set()  # no-op when finished; stops the job if we are being torn down
+            if getter is not None:
+                getter.cancel()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher

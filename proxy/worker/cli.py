@@ -118,29 +118,28 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         max_side=args.max_side,
         nsfw_checker=_load_checker(args.nsfw_checker) if args.nsfw_checker else None,
         log_level=args.log_level,
+        exit_on_load_failure=True,
     )
 
 
 def run(args: argparse.Namespace) -> int:
     """Validate, then serve until interrupted. Returns the process exit code."""
-    from proxy.worker.pipeline import ModelDirError, check_model_dir
+    from proxy.worker.pipeline import ModelDirError, UnsupportedOption, check_model_dir, preflight
 
     try:
         settings = settings_from_args(args)
-        check_model_dir(settings.model_dir)
+        check_model_dir(settings.model_dir)  # cheap, before the slow torch import
     except (ModelDirError, ValueError, ImportError, AttributeError) as exc:
-        print(f"flux-proxy worker: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
     try:
         import diffusers  # noqa: F401
         import torch  # noqa: F401
     except ImportError as exc:
-        print(
-            f"flux-proxy worker: error: {exc}. Install the GPU extra: "
-            "pip install 'flux-proxy[gpu]'",
-            file=sys.stderr,
-        )
-        return 2
+        return _fail(f"{exc}. Install the GPU extra: pip install 'flux-proxy[gpu]'")
+    try:
+        preflight(settings)
+    except UnsupportedOption as exc:
+        return _fail(str(exc))
     import uvicorn
 
     from proxy.worker.app import create_app
@@ -148,10 +147,18 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
-    )
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    state = app.state.worker
+    if state.error:
+        print(f"flux-proxy worker: error: {state.error}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _fail(message: str) -> int:
+    print(f"flux-proxy worker: error: {message}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

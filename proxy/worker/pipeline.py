@@ -142,11 +142,18 @@ def _resolve_dtype(requested: str | None, device: str) -> tuple[str, Any]:
     return name, table[name]
 
 
-def apply_fp8(transformer: Any) -> None:
-    """Quantise the transformer's linears to float8 (dynamic activations, per-row scales).
+def preflight(settings: WorkerSettings) -> None:
+    """Check device/option combinations up front so the CLI can refuse to start cleanly."""
+    device = _resolve_device(settings.device)
+    if settings.offload != "none" and device != "cuda":
+        raise UnsupportedOption("--offload needs a CUDA device")
+    if settings.offload != "none" and settings.fp8:
+        raise UnsupportedOption("--fp8 cannot be combined with --offload (untested)")
+    if settings.fp8:
+        _check_fp8_support()
 
-    Needs torchao and a GPU with compute capability >= 8.9 (Ada/Hopper/Blackwell).
-    """
+
+def _check_fp8_support() -> None:
     import torch
 
     if not torch.cuda.is_available():
@@ -157,15 +164,25 @@ def apply_fp8(transformer: Any) -> None:
             f"--fp8 needs compute capability >= 8.9 (Ada/Hopper); this GPU is {cap[0]}.{cap[1]}"
         )
     try:
-        from torchao.quantization import (  # type: ignore[import-not-found,unused-ignore]
-            Float8DynamicActivationFloat8WeightConfig,
-            PerRow,
-            quantize_,
-        )
+        import torchao.quantization  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
     except ImportError as exc:
         raise UnsupportedOption(
             f"--fp8 needs torchao (pip install torchao matching your torch): {exc}"
         ) from exc
+
+
+def apply_fp8(transformer: Any) -> None:
+    """Quantise the transformer's linears to float8 (dynamic activations, per-row scales).
+
+    Needs torchao and a GPU with compute capability >= 8.9 (Ada/Hopper/Blackwell).
+    """
+    _check_fp8_support()
+    from torchao.quantization import (  # type: ignore[import-not-found,unused-ignore]
+        Float8DynamicActivationFloat8WeightConfig,
+        PerRow,
+        quantize_,
+    )
+
     quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
 
 
@@ -224,12 +241,9 @@ class FluxEngine:
         import torch
 
         s = self.settings
+        preflight(s)
         self.device = _resolve_device(s.device)
         self.dtype_name, dtype = _resolve_dtype(s.dtype, self.device)
-        if s.offload != "none" and self.device != "cuda":
-            raise UnsupportedOption("--offload needs a CUDA device")
-        if s.offload != "none" and s.fp8:
-            raise UnsupportedOption("--fp8 cannot be combined with --offload (untested)")
         if pipe.transformer.dtype != dtype:  # from_pretrained already cast; avoid re-casting
             pipe.to(dtype=dtype)
         pipe.set_progress_bar_config(disable=True)

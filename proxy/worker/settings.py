@@ -53,6 +53,8 @@ class WorkerSettings:
     #: Test hook: sleep this long after every denoising step (makes cancel land mid-run).
     step_delay_s: float = 0.0
     log_level: str = "info"
+    #: CLI mode: stop the server (exit status 1) when loading or warm-up fails.
+    exit_on_load_failure: bool = False
 
     @property
     def endpoint_paths(self) -> list[str]:

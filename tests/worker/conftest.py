@@ -15,6 +15,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny tensors: OpenMP threads only add spin-wait contention on small shared CI machines.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @dataclass

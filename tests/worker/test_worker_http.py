@@ -172,6 +172,28 @@ def test_sse_progress_once_per_step(idle_worker: RunningWorker) -> None:
     assert plain["images"][0]["url"] == finals[0]["output"]["images"][0]["url"]
 
 
+def test_sse_keepalive_comments_do_not_lose_events(
+    idle_worker: RunningWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import proxy.worker.app as app_mod
+
+    monkeypatch.setattr(app_mod, "_KEEPALIVE_S", 0.01)
+    idle_worker.state.settings.step_delay_s = 0.05
+    body = {"prompt": "x", "image_size": SMALL, "num_inference_steps": 3, "seed": 3}
+    with httpx.stream(
+        "POST",
+        idle_worker.base_url + ENDPOINT,
+        json=body,
+        headers={"accept": "text/event-stream"},
+        timeout=30,
+    ) as r:
+        lines = list(r.iter_lines())
+    assert ": keep-alive" in lines
+    events = [json.loads(x[5:]) for x in lines if x.startswith("data:")]
+    assert [e["step"] for e in events if e["type"] == "progress"] == [1, 2, 3]
+    assert events[-1]["type"] == "result"
+
+
 def test_sse_cancel_on_disconnect_mid_run(idle_worker: RunningWorker, decodes: Any) -> None:
     idle_worker.state.settings.step_delay_s = 0.05
     body = {"prompt": "slow", "image_size": SMALL, "num_inference_steps": 40, "seed": 1}
@@ -403,3 +425,36 @@ def test_cli_model_dir_errors(tmp_path: Path, tiny_model_dir: Path, case: str) -
         "no_transformer_weights": "transformer/*.safetensors",
     }[case]
     assert expected in proc.stderr
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy.worker.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+
+
+def test_cli_refuses_unsupported_options(
+    tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from proxy.worker.cli import main
+
+    assert main(["--model", str(tiny_model_dir), "--device", "cpu", "--fp8"]) == 2
+    assert "--fp8 needs a CUDA GPU" in capsys.readouterr().err
+    assert main(["--model", str(tiny_model_dir), "--device", "cpu", "--offload", "model"]) == 2
+    assert "--offload needs a CUDA device" in capsys.readouterr().err
+
+
+def test_cli_exits_1_when_load_fails(tmp_path: Path, tiny_model_dir: Path) -> None:
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    for p in (model / "transformer").glob("*.safetensors"):
+        p.write_bytes(b"corrupt")  # passes the file check, fails in from_pretrained
+    proc = _cli("--model", str(model), "--device", "cpu", "--port", "0", "--no-warmup")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "flux-proxy worker: error:" in proc.stderr
