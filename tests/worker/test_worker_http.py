@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.worker.conftest import RunningWorker, serve, tiny_settings, wait_for
+from .helpers import RunningWorker, serve, tiny_settings, wait_for
 
 ENDPOINT = "/fal-ai/flux/dev"
 SMALL = {"width": 64, "height": 64}
