@@ -1,4 +1,4 @@
-"""`flux-proxy serve | check-config`: the command line."""
+"""`flux-proxy serve | check-config | worker`: the command line."""
 
 from __future__ import annotations
 
@@ -91,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate and print the effective settings")
     check.add_argument("--config", default=None, help="TOML config file (or FLUX_PROXY_CONFIG)")
     check.set_defaults(func=_check_config)
+
+    from .worker import cli as worker_cli  # argument wiring only; torch loads in run()
+
+    worker = sub.add_parser(
+        "worker", help="run a local FLUX.1 [dev] GPU worker (needs the 'gpu' extra)"
+    )
+    worker_cli.add_arguments(worker)
+    worker.set_defaults(func=worker_cli.run)
     return parser
 
 

@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
-echo "== installing Python packages"
-"$PY" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+echo "== installing Python packages (CPU torch first, so the gpu extra does not pull CUDA)"
+"$PY" -m pip install --quiet --disable-pip-version-check "torch==2.13.0" -e '.[test,gpu]'
 
 echo "== installing the pinned @fal-ai/client for the JS tests"
 npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
