@@ -22,6 +22,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
+echo "== browser for the page tests (Debian chromium + Playwright, no browser downloads)"
+bash scripts/install-browser.sh
+export FLUX_PROXY_REQUIRE_BROWSER=1   # browser tests must run, never silently skip
+
 echo "== ruff"
 "$PY" -m ruff check proxy tests scripts
 echo "== mypy"
