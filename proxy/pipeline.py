@@ -163,11 +163,9 @@ class Pipeline:
         """Buffered for ordinary JSON; unbuffered SSE with disconnect → upstream closed."""
         status = upstream.status
         outcome.status = status
-        headers = upstream.headers
-        if request.response_headers:
-            headers = headers + request.response_headers
-        if request.target.streaming and 200 <= status < 300 and _is_sse(headers):
+        if request.target.streaming and 200 <= status < 300 and _is_sse(upstream.headers):
             outcome.streamed = True
+            headers = _merge_headers(upstream.headers, request.response_headers)
             await _stream(upstream, status, headers + _SSE_HEADERS, outcome, receive, send)
             return
         try:
@@ -178,9 +176,21 @@ class Pipeline:
             raise _upstream_failure(request, exc) from None
         for response_filter in request.response_filters:
             body = await response_filter(request, status, body)
-        headers = [*headers, (b"content-length", str(len(body)).encode())]
+        headers = _merge_headers(upstream.headers, request.response_headers)
+        headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _merge_headers(
+    upstream: list[tuple[bytes, bytes]], ours: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """Upstream headers plus the stages' own; a stage's header replaces the upstream's
+    (e.g. `x-fal-request-id` becomes the signed id). Filters may add some, so call late."""
+    if not ours:
+        return list(upstream)
+    names = {name for name, _ in ours}
+    return [h for h in upstream if h[0] not in names] + ours
 
 
 def _is_sse(headers: list[tuple[bytes, bytes]]) -> bool:
