@@ -128,7 +128,7 @@ class _Chain:
     def bearer(self, request: ProxyRequest) -> Caller | None:
         """`Authorization: Bearer <token>` or `Key <token>` (the fal client's credentials)."""
         header = request.header(b"authorization")
-        if not header:
+        if not header or not self._settings.secrets:  # no secret: no token can be ours
             return None
         scheme, _, token = header.strip().partition(" ")
         scheme, token = scheme.lower(), token.strip()

@@ -10,7 +10,6 @@ __all__ = ["RESOLVERS", "IdentitySettings", "ResolverName"]
 
 ResolverName = Literal["host_user", "bearer", "cookie", "address"]
 RESOLVERS: tuple[str, ...] = ("host_user", "bearer", "cookie", "address")
-_SIGNED = frozenset({"bearer", "cookie"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +45,10 @@ class IdentitySettings:
         for i, secret in enumerate(self.secrets):
             if len(secret) < 16:
                 raise ConfigError(f"{key}.secrets[{i}]", "must be at least 16 characters")
-        if not self.secrets and _SIGNED.intersection(self.resolvers):
+        if not self.secrets and "cookie" in self.resolvers:
             raise ConfigError(
                 f"{key}.secrets",
-                "the bearer and cookie resolvers need a signing secret: set identity.secrets "
+                "the cookie resolver needs a signing secret: set identity.secrets "
                 "(e.g. FLUX_PROXY__IDENTITY__SECRETS='[\"<random 32+ chars>\"]')",
             )
         for name in ("max_token_ttl", "request_id_ttl"):

@@ -25,7 +25,7 @@ from ..errors import ProxyError
 from ..identity.tokens import SALT_REQUEST_ID, serializer
 from ..target import Operation, TargetError
 
-__all__ = ["Ownership"]
+__all__ = ["Ownership", "binding"]
 
 _SCOPED = frozenset({Operation.STATUS, Operation.STATUS_STREAM, Operation.RESULT,
                      Operation.CANCEL})
@@ -33,7 +33,8 @@ _URLS = (("response_url", ""), ("status_url", "/status"), ("cancel_url", "/cance
 _QUEUE = "https://queue.fal.run"
 
 
-def _binding(caller_id: str, app_id: str) -> str:
+def binding(caller_id: str, app_id: str) -> str:
+    """What a signed id is bound to: a short digest of the caller and the app."""
     digest = hashlib.sha256(f"{caller_id}\n{app_id}".encode()).digest()[:12]
     return base64.urlsafe_b64encode(digest).decode()
 
@@ -46,7 +47,7 @@ class Ownership:
         self._ttl = ttl
 
     def sign(self, fal_id: str, caller_id: str, app_id: str) -> str:
-        signed: str = self._signer.dumps([fal_id, _binding(caller_id, app_id)])
+        signed: str = self._signer.dumps([fal_id, binding(caller_id, app_id)])
         return signed
 
     def unwrap(self, signed: str, caller_id: str, app_id: str) -> str | None:
@@ -58,7 +59,7 @@ class Ownership:
         if not (isinstance(data, list) and len(data) == 2 and all(isinstance(x, str)
                                                                    for x in data)):
             return None
-        if not hmac.compare_digest(data[1], _binding(caller_id, app_id)):
+        if not hmac.compare_digest(data[1], binding(caller_id, app_id)):
             return None
         fal_id: str = data[0]
         return fal_id
