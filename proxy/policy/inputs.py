@@ -74,9 +74,14 @@ class InputPolice:
 
     def __init__(self, rules: Mapping[str, InputPolicy]) -> None:
         self._rules = list(rules.items())
+        self._exact = dict(rules)
         self._default = InputPolicy()
 
     def policy_for(self, endpoint_id: str) -> InputPolicy:
+        """The entry named exactly for this endpoint, else the first glob that matches."""
+        exact = self._exact.get(endpoint_id)
+        if exact is not None:
+            return exact
         for pattern, policy in self._rules:
             if fnmatchcase(endpoint_id, pattern):
                 return policy

@@ -90,7 +90,8 @@ class PolicySettings:
     # Glob patterns over endpoint ids (`*` also crosses '/'); applies to every operation.
     allow: tuple[str, ...] = (DEFAULT_ENDPOINT,)
     allow_uploads: bool = False  # storage initiate (the fal client's auto-upload of Blobs)
-    # Input rules by endpoint glob; the first matching key wins; other endpoints get defaults.
+    # Input rules by endpoint id or glob: an exact key wins, else the first matching glob;
+    # endpoints matching none get the defaults.
     inputs: dict[str, InputPolicy] = field(
         default_factory=lambda: {DEFAULT_ENDPOINT: InputPolicy()}
     )
