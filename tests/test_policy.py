@@ -182,3 +182,15 @@ def test_temporary_tokens_when_enabled(fake_fal: FakeFal) -> None:
             r = _post(client, url, target, body)
             assert r.status_code == 403 and "not allowed" in r.json()["detail"], body
         assert len(fake_fal.records) == count
+
+
+def test_shipped_config_file_states_the_defaults() -> None:
+    from pathlib import Path
+
+    from proxy.identity import IdentitySettings
+    from proxy.policy import PolicySettings
+    from proxy.settings import load_settings
+
+    shipped = load_settings(Path(__file__).parents[1] / "config" / "flux-proxy.toml", env={})
+    assert shipped.identity == IdentitySettings()
+    assert shipped.policy == PolicySettings()
