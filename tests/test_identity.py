@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -25,9 +26,12 @@ from starlette.routing import Mount
 from proxy import FalProxy, FalProxyMiddleware
 from proxy.app import create_app
 from proxy.cli import main
+from proxy.context import ProxyRequest
 from proxy.identity import issue_token
+from proxy.identity.resolvers import client_address
 from proxy.identity.tokens import SALT_BEARER, SALT_COOKIE, serializer
 from proxy.settings import ConfigError, Settings
+from proxy.target import parse_target
 from tests.fakes.fal_upstream import FakeFal
 from tests.fakes.server import ServerHandle
 from tests.js_client import run_flow
@@ -265,3 +269,25 @@ def test_host_app_user(host_app: ServerHandle, fake_fal: FakeFal) -> None:
     assert evil.status_code == 403
     assert len(fake_fal.requests(method="POST")) == 1
     assert len(fake_fal.requests(method="GET")) == 1
+
+
+TRUSTED = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128")]
+
+
+@pytest.mark.parametrize(("peer", "headers", "expected"), [
+    ("203.0.113.5", [(b"x-forwarded-for", b"1.1.1.1")], "203.0.113.5"),  # untrusted peer
+    ("10.0.0.2", [(b"x-forwarded-for", b"1.1.1.1, 198.51.100.4")], "198.51.100.4"),
+    ("10.0.0.2", [(b"x-forwarded-for", b"1.1.1.1, 198.51.100.4, 10.0.0.9")], "198.51.100.4"),
+    ("10.0.0.2", [(b"x-forwarded-for", b"1.1.1.1"), (b"x-forwarded-for", b"198.51.100.4")],
+     "198.51.100.4"),
+    ("::1", [(b"forwarded", b'for="[2001:db8::7]:4711";proto=https')], "2001:db8::7"),
+    ("10.0.0.2", [(b"forwarded", b"for=192.0.2.60:80, for=10.0.0.3")], "192.0.2.60"),
+    ("10.0.0.2", [(b"x-forwarded-for", b"not-an-ip")], "10.0.0.2"),
+    ("10.0.0.2", [], "10.0.0.2"),
+])
+def test_client_address_from_trusted_proxies(peer: str, headers: list[tuple[bytes, bytes]],
+                                             expected: str) -> None:
+    """The address limits and anonymous identity see, behind (or not) a reverse proxy."""
+    request = ProxyRequest(scope={"client": (peer, 5000)}, method="GET", headers=headers,
+                           target=parse_target("https://fal.run/fal-ai/flux/dev", "POST"))
+    assert client_address(request, TRUSTED) == expected
