@@ -2,32 +2,57 @@
 
 from __future__ import annotations
 
+import secrets as _random
+
+from .asgi_types import ASGIApp
 from .backends.base import Backend
 from .backends.hosted import HostedBackend
-from .context import Caller, ProxyRequest
-from .errors import ProxyError
+from .context import ProxyRequest
+from .identity import build_identify
 from .observability import AccessLog
-from .pipeline import Pipeline, Stages
-from .settings import Settings
-from .target import Operation
+from .pipeline import Pipeline, Stage, Stages
+from .policy.allowlist import Allowlist
+from .policy.cors import Cors
+from .policy.csrf import CsrfGuard
+from .policy.inputs import InputPolice
+from .policy.ownership import Ownership
+from .policy.tokens import TokenPolicy
+from .settings import ConfigError, Settings
 
-__all__ = ["build_backend", "build_pipeline", "build_stages"]
+__all__ = ["build_backend", "build_handler", "build_pipeline", "build_stages", "chain"]
 
 
-async def _identify_by_address(request: ProxyRequest) -> None:
-    """Until identity is configured, the caller is its network address."""
-    host = request.client_host
-    request.caller = Caller(id=f"ip:{host}", kind="address", address=host)
+def chain(*stages: Stage) -> Stage:
+    """Several checks in one pipeline slot, run in order; the first refusal wins."""
+
+    async def run(request: ProxyRequest) -> None:
+        for stage in stages:
+            await stage(request)
+
+    return run
 
 
-async def _refuse_tokens(request: ProxyRequest) -> None:
-    """Temporary fal tokens bypass the proxy entirely afterwards; refused unless enabled."""
-    if request.target.operation is Operation.TOKEN:
-        raise ProxyError(403, "temporary fal tokens (rest.fal.ai/tokens/) are disabled")
+def _signing_secrets(settings: Settings) -> list[str]:
+    """identity.secrets; without them a random per-process key (ids die with the process)."""
+    if settings.identity.secrets:
+        return list(settings.identity.secrets)
+    if settings.server.workers > 1:
+        raise ConfigError("identity.secrets", "several workers must share a signing secret "
+                                              "(request ids are signed): set identity.secrets")
+    return [_random.token_urlsafe(32)]
 
 
 def build_stages(settings: Settings) -> Stages:
-    return Stages(identify=_identify_by_address, authorize=_refuse_tokens)
+    policy = settings.policy
+    allowlist = Allowlist(policy.allow, uploads=policy.allow_uploads)
+    tokens = TokenPolicy(policy.tokens, allowlist)
+    ownership = Ownership(_signing_secrets(settings), settings.identity.request_id_ttl)
+    csrf = CsrfGuard(policy.cors.origins, host_user=settings.identity.csrf_host_user)
+    return Stages(
+        identify=build_identify(settings.identity),
+        authorize=chain(csrf, allowlist, tokens.gate, ownership),
+        police=chain(InputPolice(policy.inputs), tokens.police),
+    )
 
 
 def build_backend(settings: Settings) -> Backend:
@@ -42,3 +67,10 @@ def build_pipeline(settings: Settings, backend: Backend | None = None) -> Pipeli
         max_response_bytes=settings.server.max_response_bytes,
         access_log=AccessLog(settings.log.access),
     )
+
+
+def build_handler(settings: Settings, pipeline: Pipeline) -> ASGIApp:
+    """The ASGI callable for the proxy route: the pipeline, behind CORS when configured."""
+    if settings.policy.cors.origins:
+        return Cors(pipeline, settings.policy.cors)
+    return pipeline

@@ -1,4 +1,4 @@
-"""`flux-proxy serve | check-config | worker`: the command line."""
+"""`flux-proxy serve | check-config | token issue | worker`: the command line."""
 
 from __future__ import annotations
 
@@ -74,6 +74,24 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_issue(args: argparse.Namespace) -> int:
+    from .identity.tokens import issue_token, parse_ttl
+
+    settings = _load(args.config)
+    if not settings.identity.secrets:
+        raise ConfigError("identity.secrets", "set a signing secret to issue tokens")
+    try:
+        ttl = parse_ttl(args.ttl)
+    except ValueError as exc:
+        print(f"flux-proxy: {exc}", file=sys.stderr)
+        return 2
+    if ttl > settings.identity.max_token_ttl:
+        raise ConfigError("identity.max_token_ttl",
+                          f"--ttl {args.ttl} is longer than the proxy accepts")
+    print(issue_token(args.user, ttl, settings))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flux-proxy", description="A secure, fast proxy for fal's @fal-ai/client."
@@ -91,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate and print the effective settings")
     check.add_argument("--config", default=None, help="TOML config file (or FLUX_PROXY_CONFIG)")
     check.set_defaults(func=_check_config)
+
+    token = sub.add_parser("token", help="bearer tokens for your users")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    issue = token_sub.add_parser("issue", help="print a signed bearer token for a user")
+    issue.add_argument("--user", required=True, help="the user id the token stands for")
+    issue.add_argument("--ttl", default="1h", help="lifetime: 3600, 15m, 1h, 7d (default 1h)")
+    issue.add_argument("--config", default=None, help="TOML config file (or FLUX_PROXY_CONFIG)")
+    issue.set_defaults(func=_token_issue)
 
     from .worker import cli as worker_cli  # argument wiring only; torch loads in run()
 

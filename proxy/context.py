@@ -58,7 +58,8 @@ class ProxyRequest:
     upstream_headers: dict[str, str] = field(default_factory=dict)  # extra headers to send
     response_filters: list[ResponseFilter] = field(default_factory=list)
     settle_hooks: list[SettleHook] = field(default_factory=list)
-    response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # added to reply
+    # added to the reply, replacing upstream headers of the same name
+    response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)  # per-stage scratch space (cost, ...)
     started: float = field(default_factory=time.perf_counter)
     upstream_ms: float | None = None

@@ -30,7 +30,7 @@ class FalProxyMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http" and scope["path"] == self.route:
-            await self.proxy.pipeline(scope, receive, send)
+            await self.proxy.handler(scope, receive, send)
             return
         if kind == "lifespan":
             proxy = self.proxy

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .asgi_types import Receive, Scope, Send
-from .assemble import build_pipeline
+from .asgi_types import ASGIApp, Receive, Scope, Send
+from .assemble import build_handler, build_pipeline
 from .backends.base import Backend
 from .pipeline import Pipeline
 from .settings import Settings
@@ -21,11 +21,12 @@ class FalProxy:
     def __init__(self, settings: Settings, *, backend: Backend | None = None) -> None:
         self.settings = settings
         self.pipeline: Pipeline = build_pipeline(settings, backend)
+        self.handler: ASGIApp = build_handler(settings, self.pipeline)  # CORS, if configured
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self.pipeline(scope, receive, send)
+            await self.handler(scope, receive, send)
         elif kind == "lifespan":
             while True:
                 message = await receive()

@@ -75,6 +75,7 @@ class Pipeline:
         outcome = Outcome()
         try:
             request = await self._admit(scope, receive)
+            await self._guard(request)
             upstream = await self._forward(request, outcome)
             await self._respond(request, upstream, outcome, receive, send)
         except ProxyError as exc:
@@ -92,7 +93,7 @@ class Pipeline:
             self._log.record(scope, request, outcome, started)
 
     async def _admit(self, scope: Scope, receive: Receive) -> ProxyRequest:
-        """Parse the target, read the body, then run every guard. Nothing is sent yet."""
+        """Parse the target and read the body. Nothing is sent yet."""
         method: str = scope["method"]
         if method not in _METHODS:
             raise ProxyError(405, f"method {method} is not allowed",
@@ -109,14 +110,17 @@ class Pipeline:
             extra = {"allow": ", ".join(exc.allow)} if exc.allow else None
             raise ProxyError(exc.status, exc.detail, headers=extra) from None
         body = await self._read_body(headers, receive) if method != "GET" else b""
-        request = ProxyRequest(scope=scope, method=method, headers=headers, target=target,
-                               body=body)
+        return ProxyRequest(scope=scope, method=method, headers=headers, target=target,
+                            body=body)
+
+    async def _guard(self, request: ProxyRequest) -> None:
+        """Every guard, in order. A refusal still carries the headers set before it (a new
+        anonymous cookie, CORS) and still runs the settle hooks registered before it."""
         stages = self.stages
         await stages.identify(request)
         await stages.authorize(request)
         await stages.police(request)
         await stages.charge(request)
-        return request
 
     async def _read_body(self, headers: list[tuple[bytes, bytes]], receive: Receive) -> bytes:
         limit = self._max_body
@@ -163,11 +167,9 @@ class Pipeline:
         """Buffered for ordinary JSON; unbuffered SSE with disconnect → upstream closed."""
         status = upstream.status
         outcome.status = status
-        headers = upstream.headers
-        if request.response_headers:
-            headers = headers + request.response_headers
-        if request.target.streaming and 200 <= status < 300 and _is_sse(headers):
+        if request.target.streaming and 200 <= status < 300 and _is_sse(upstream.headers):
             outcome.streamed = True
+            headers = _merge_headers(upstream.headers, request.response_headers)
             await _stream(upstream, status, headers + _SSE_HEADERS, outcome, receive, send)
             return
         try:
@@ -178,9 +180,21 @@ class Pipeline:
             raise _upstream_failure(request, exc) from None
         for response_filter in request.response_filters:
             body = await response_filter(request, status, body)
-        headers = [*headers, (b"content-length", str(len(body)).encode())]
+        headers = _merge_headers(upstream.headers, request.response_headers)
+        headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _merge_headers(
+    upstream: list[tuple[bytes, bytes]], ours: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """Upstream headers plus the stages' own; a stage's header replaces the upstream's
+    (e.g. `x-fal-request-id` becomes the signed id). Filters may add some, so call late."""
+    if not ours:
+        return list(upstream)
+    names = {name for name, _ in ours}
+    return [h for h in upstream if h[0] not in names] + ours
 
 
 def _is_sse(headers: list[tuple[bytes, bytes]]) -> bool:

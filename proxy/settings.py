@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 from urllib.parse import urlsplit
 
+from .identity.settings import IdentitySettings
+from .policy.settings import PolicySettings
+
 __all__ = [
     "ConfigError",
     "DemoSettings",
@@ -206,6 +209,8 @@ class Settings:
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     log: LogSettings = field(default_factory=LogSettings)
     demo: DemoSettings = field(default_factory=DemoSettings)
+    identity: IdentitySettings = field(default_factory=IdentitySettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
 
     def validate(self, key: str = "") -> None:
         """Cross-section checks; each section validated itself already."""

@@ -7,6 +7,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from proxy.app import create_app
+from proxy.identity.tokens import SALT_REQUEST_ID, serializer
+from proxy.policy.ownership import Ownership
 from proxy.settings import Settings, settings_from_dict
 from tests.fakes.fal_upstream import FakeFal
 from tests.fakes.server import ServerHandle
@@ -24,12 +26,44 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def proxy_settings(fake: FakeFal | None, **sections: Any) -> Settings:
-    """Settings for a proxy in front of `fake`, plus any section overrides."""
+TEST_SECRET = "test-signing-secret-0123456789"
+
+# The deployed defaults refuse unidentified callers and allow only fal-ai/flux/dev. Tests of
+# the proxy route itself opt in to a permissive set-up: anonymous callers known by address,
+# the fake's special endpoints, uploads, and webhooks to example.com.
+PERMISSIVE: dict[str, Any] = {
+    "identity": {"resolvers": ["address"], "secrets": [TEST_SECRET]},
+    "policy": {
+        "allow": ["fal-ai/flux/dev", "fal-ai/fake/*"],
+        "allow_uploads": True,
+        "inputs": {"*": {"webhook_prefixes": ["https://example.com/"]}},
+    },
+}
+
+
+def proxy_settings(fake: FakeFal | None, *, strict: bool = False, **sections: Any) -> Settings:
+    """Settings for a proxy in front of `fake`, plus any section overrides.
+
+    Permissive identity and policy (see PERMISSIVE) unless `strict`: then the shipped defaults.
+    """
     data: dict[str, Any] = {"fal": {"key": FAKE_KEY}}
+    if not strict:
+        data = _merge(data, PERMISSIVE)
     if fake is not None:
         data["upstream"] = {"run": fake.run_base, "queue": fake.queue_base, "rest": fake.rest_base}
     return settings_from_dict(_merge(data, sections))
+
+
+def signed_id(fal_id: str, caller_id: str = "ip:127.0.0.1", app: str = "fal-ai/flux",
+              secret: str = TEST_SECRET) -> str:
+    """A request id as the proxy hands it out (for tests that start from a fal id)."""
+    return Ownership([secret], 86400).sign(fal_id, caller_id, app)
+
+
+def fal_id(signed: str, secret: str = TEST_SECRET) -> str:
+    """fal's own id inside a signed request id (what the fake upstream knows it by)."""
+    data = serializer([secret], SALT_REQUEST_ID).loads(signed)
+    return str(data[0])
 
 
 @contextmanager

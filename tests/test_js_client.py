@@ -8,7 +8,7 @@ import pytest
 
 from tests.fakes.fal_upstream import FakeFal
 from tests.js_client import run_flow
-from tests.support import FAKE_KEY, proxy_settings, proxy_url, running_proxy
+from tests.support import FAKE_KEY, fal_id, proxy_settings, proxy_url, running_proxy
 
 INPUT = {"prompt": "a lighthouse at dusk", "seed": 5, "image_size": "square"}
 
@@ -31,7 +31,7 @@ def test_subscribe_and_queue_flows(proxy: str, fake_fal: FakeFal, flow: str) -> 
     out = run_flow(flow, proxy, input=INPUT, logs=True)
     assert out["ok"], out
     assert out["result"] == fake_fal.flux_output(INPUT)
-    assert out["requestId"] in fake_fal.jobs
+    assert fal_id(out["requestId"]) in fake_fal.jobs  # the client holds the signed id
     statuses = [u["status"] for u in out["updates"]]
     assert statuses[-1] == "COMPLETED"
     if flow != "queue":

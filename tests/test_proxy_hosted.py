@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.fakes.fal_upstream import FakeFal
-from tests.support import FAKE_KEY, proxy_settings, proxy_url, running_proxy
+from tests.support import FAKE_KEY, proxy_settings, proxy_url, running_proxy, signed_id
 from tests.test_target import HOSTILE
 
 FLUX = "https://queue.fal.run/fal-ai/flux/dev"
@@ -242,7 +242,8 @@ def test_unreachable_upstream_is_502_for_status(fake_fal: FakeFal) -> None:
     settings = proxy_settings(None, upstream={"queue": dead, "connect_timeout": 1.0})
     with running_proxy(settings) as server:
         r = httpx.get(proxy_url(server), headers={
-            "x-fal-target-url": "https://queue.fal.run/fal-ai/flux/requests/abc/status"})
+            "x-fal-target-url":
+            f"https://queue.fal.run/fal-ai/flux/requests/{signed_id('abc')}/status"})
     assert r.status_code == 502
     assert r.json()["detail"] and r.json()["error_type"] == "upstream_unreachable"
 
@@ -276,7 +277,7 @@ def test_timeout_on_idempotent_call_is_504(fake_fal: FakeFal) -> None:
                                                "first_byte_timeout": 0.5})
     with running_proxy(settings) as server:
         r = httpx.get(proxy_url(server), headers={
-            "x-fal-target-url": "https://queue.fal.run/fal-ai/flux/requests/abc"})
+            "x-fal-target-url": f"https://queue.fal.run/fal-ai/flux/requests/{signed_id('abc')}"})
     assert r.status_code == 504 and r.json()["error_type"] == "upstream_timeout"
 
 
