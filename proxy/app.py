@@ -6,7 +6,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from .backends.base import Backend
 from .middleware import FalProxyMiddleware
@@ -28,8 +28,11 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> Starlet
     `FalProxy` in use.
     """
     proxy = FalProxy(settings, backend=backend)
+    routes: list[BaseRoute] = [Route("/healthz", _healthz, methods=["GET"])]
+    if proxy.media_app is not None:  # local mode: generated images and uploaded files
+        routes.append(Mount(settings.local.path, app=proxy.media_app))
     app = Starlette(
-        routes=[Route("/healthz", _healthz, methods=["GET"])],
+        routes=routes,
         # The middleware also closes the proxy's connection pool at lifespan shutdown.
         middleware=[Middleware(FalProxyMiddleware, proxy=proxy)],
     )

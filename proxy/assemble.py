@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from .backends.base import Backend
-from .backends.hosted import HostedBackend
 from .context import Caller, ProxyRequest
 from .errors import ProxyError
 from .observability import AccessLog
@@ -31,7 +30,9 @@ def build_stages(settings: Settings) -> Stages:
 
 
 def build_backend(settings: Settings) -> Backend:
-    return HostedBackend(settings)
+    from .backends.router import build_backend as routed  # hosted, local queue, or both
+
+    return routed(settings)
 
 
 def build_pipeline(settings: Settings, backend: Backend | None = None) -> Pipeline:

@@ -185,6 +185,10 @@ class LogSettings:
     access: bool = True
 
 
+# The local backend's section lives with its code; it needs ConfigError from above.
+from .backends.local.settings import LocalSettings  # noqa: E402
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the proxy needs, in one explicit object."""
@@ -193,6 +197,7 @@ class Settings:
     fal: FalSettings = field(default_factory=FalSettings)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    local: LocalSettings = field(default_factory=LocalSettings)
 
     def validate(self, key: str = "") -> None:
         """Cross-section checks; each section validated itself already."""
