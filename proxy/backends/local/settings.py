@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ...settings import ConfigError
+
+def ConfigError(key: str, problem: str) -> Exception:
+    """`proxy.settings.ConfigError`, imported late: that module imports this one."""
+    from ...settings import ConfigError as error
+
+    return error(key, problem)
 
 __all__ = ["LocalSettings", "RouteSettings", "WorkerSettings"]
 
