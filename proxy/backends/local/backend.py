@@ -197,17 +197,24 @@ class LocalBackend:
             await self.hub.wait(job_id, self.settings.poll_interval)
 
     async def _stream_status(self, job_id: str, with_logs: bool) -> AsyncIterator[bytes]:
-        """One event per change; a comment every `keepalive_seconds`; closes after COMPLETED."""
+        """One event per change; a comment every `keepalive_seconds`; closes after COMPLETED.
+
+        Each event carries only the log lines not sent before: the fal client appends them.
+        """
         last: Any = None
+        sent_logs = 0
         quiet_since = time.monotonic()
         while True:
             job = await self.store.get(job_id, logs=with_logs)
             if job is None:
                 return
             position = await self.store.position(job_id) if job.status == "IN_QUEUE" else 0
+            all_logs = job.logs
+            job.logs = all_logs[sent_logs:]
             body = status_body(job, position, with_logs)
-            if body != last:
+            if body != last or job.logs:
                 last = body
+                sent_logs = len(all_logs)
                 quiet_since = time.monotonic()
                 yield sse_event(body)
                 if job.status == "COMPLETED":

@@ -20,11 +20,12 @@ from typing import Any
 
 from .hub import Hub
 from .store import Job, JobStore
-from .workers.base import JobFailed, WorkerAdapter, WorkerBusy, WorkerDown
+from .workers.base import JobFailed, WorkerAdapter, WorkerBusy, WorkerDown, cancelled
 
 __all__ = ["Dispatcher", "WorkerState", "log_entry"]
 
 log = logging.getLogger("flux_proxy.local")
+_RETRIED = frozenset({429, 502, 503, 504})
 
 Prepare = Callable[[Job], Job]
 Finalize = Callable[[Job, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -167,6 +168,8 @@ class Dispatcher:
 
         watcher = asyncio.ensure_future(self._watch_cancel(job.id, cancel))
         try:
+            if cancel.is_set():  # cancelled while its previous process was running it
+                raise cancelled()
             await store.append_log(job.id, log_entry(f"running on worker {state.name}"))
             output = await state.adapter.run(self._prepare(job), on_progress, on_log, cancel)
             output = await self._finalize(job, output)
@@ -201,6 +204,10 @@ class Dispatcher:
 
     async def _fail(self, job: Job, status: int, body: dict[str, Any], error: str,
                     error_type: str) -> None:
+        # The fal client retries these statuses on `result` and `run` (§3.9); a finished job's
+        # outcome will not change, so answer 500 with the worker's body instead.
+        if status in _RETRIED:
+            status = 500
         await self.store.append_log(job.id, log_entry(error, "ERROR"))
         await self.store.finish(job.id, status, json.dumps(body).encode(), error=error,
                                 error_type=error_type)
