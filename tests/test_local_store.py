@@ -51,3 +51,17 @@ async def test_finished_jobs_expire_after_the_ttl_and_queued_ones_never(tmp_path
     assert await store.get(job.id) is None and await store.get("job-1") is None
     assert (await store.get("job-2")) is not None  # queued jobs are never purged
     await store.close()
+
+
+def test_unsafe_local_setups_refuse_to_start(tmp_path: Path) -> None:
+    import pytest
+
+    from proxy.app import create_app
+    from proxy.settings import ConfigError, settings_from_dict
+
+    local = {"mode": "local", "data_dir": str(tmp_path)}
+    with pytest.raises(ConfigError, match=r"server\.workers"):  # SQLite: one process only
+        create_app(settings_from_dict({"local": local, "server": {"workers": 2}}))
+    with pytest.raises(ConfigError, match="needs a fal key"):
+        create_app(settings_from_dict(
+            {"local": {**local, "routes": [{"pattern": "*", "backend": "hosted"}]}}))

@@ -37,13 +37,16 @@ class RoutedBackend:
     """The local queue, with hosted fal for routed endpoints and overflow when a key is set."""
 
     def __init__(self, settings: Settings, hosted: HostedBackend | None = None) -> None:
-        self.local = LocalBackend(settings)
         self.hosted = hosted
         self.routes = settings.local.routes
         self.overflow_depth = settings.local.overflow_depth
-        self.media_app = self.local.media_app
+        if settings.server.workers > 1:
+            raise ConfigError("server.workers", "the local queue's SQLite store serves one "
+                              "process; run one worker process (several need the Redis store)")
         if hosted is None and any(r.backend == "hosted" for r in self.routes):
             raise ConfigError("local.routes", "a route to hosted fal needs a fal key (FAL_KEY)")
+        self.local = LocalBackend(settings)
+        self.media_app = self.local.media_app
 
     async def start(self) -> None:
         await self.local.start()

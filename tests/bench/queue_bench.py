@@ -142,7 +142,7 @@ async def bench(args: argparse.Namespace) -> None:
                     sem = asyncio.Semaphore(args.clients)
                     failures = 0
 
-                    async def submit_one() -> str:
+                    async def submit_one(sem: asyncio.Semaphore = sem) -> str:
                         nonlocal failures
                         async with sem:
                             status, body = await call(session, url, SUBMIT, INPUT)

@@ -29,3 +29,5 @@ class Hub:
             event = self._events[job_id] = asyncio.Event()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
+        if self._events.get(job_id) is event and not event.is_set():
+            del self._events[job_id]  # no notice came (another process): don't keep it

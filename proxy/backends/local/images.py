@@ -6,7 +6,6 @@ import asyncio
 import base64
 import binascii
 import secrets
-import time
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +68,3 @@ class ImageStore:
                     path.unlink(missing_ok=True)
                     count += 1
         return count
-
-
-def _now() -> float:
-    return time.time()

@@ -11,6 +11,7 @@ from .images import ImageStore
 
 __all__ = ["MediaApp"]
 
+_IMAGE_TYPES = {".png": b"image/png", ".jpeg": b"image/jpeg", ".webp": b"image/webp"}
 _CORS = [(b"access-control-allow-origin", b"*"),
          (b"access-control-allow-methods", b"GET, PUT, OPTIONS"),
          (b"access-control-allow-headers", b"content-type")]
@@ -40,8 +41,8 @@ class MediaApp:
                 found = self.images.file(parts[1])
                 if found is None:
                     raise ProxyError(404, "image not found (expired?)")
-                kind = "image/png" if found.suffix == ".png" else "image/jpeg"
-                await _send(send, 200, await asyncio.to_thread(found.read_bytes), kind.encode(),
+                kind = _IMAGE_TYPES.get(found.suffix, b"application/octet-stream")
+                await _send(send, 200, await asyncio.to_thread(found.read_bytes), kind,
                             cache=True)
             elif method == "GET" and len(parts) == 3 and parts[0] == "files":
                 hit = self.files.file(parts[1], parts[2])

@@ -66,7 +66,8 @@ class WebhookSender:
         for attempt in range(1, self._attempts + 1):
             try:
                 async with self._session.post(
-                        url, json=body, timeout=aiohttp.ClientTimeout(total=self._timeout)
+                        url, json=body, allow_redirects=False,
+                        timeout=aiohttp.ClientTimeout(total=self._timeout),
                 ) as resp:
                     if 200 <= resp.status < 300:
                         return
