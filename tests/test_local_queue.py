@@ -207,6 +207,21 @@ def test_upload_works_without_a_fal_account(tmp_path: Path) -> None:
                          ).status_code == 404  # an upload URL works once
 
 
+def test_uploaded_files_reach_workers_as_data(tmp_path: Path) -> None:
+    with FakeWorker() as worker:
+        settings = local_settings(tmp_path, [{"kind": "http", "url": worker.url}])
+        with running_proxy(settings) as server:
+            queue = Queue(proxy_url(server, settings))
+            grant = queue.call(
+                "POST", "https://rest.fal.ai/storage/upload/initiate?storage_type=fal-cdn-v3",
+                {"content_type": "image/png", "file_name": "ref.png"}).json()
+            httpx.put(grant["upload_url"], content=b"\x89PNG-ref",
+                      headers={"content-type": "image/png"}).raise_for_status()
+            rid = queue.submit({**INPUT, "image_url": grant["file_url"]}).json()["request_id"]
+            queue.wait(rid)
+    assert worker.inputs[rid]["image_url"] == "data:image/png;base64,iVBORy1yZWY="
+
+
 @pytest.fixture
 def hook_receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     received: list[dict[str, Any]] = []

@@ -38,6 +38,7 @@ class FakeWorker:
         self.started: Counter[str] = Counter()
         self.completed: Counter[str] = Counter()
         self.cancelled: list[str] = []
+        self.inputs: dict[str, dict[str, Any]] = {}  # the input each job arrived with
         self._cancel: set[str] = set()
         self.app = Starlette(routes=[
             Route("/healthz", self._healthz), Route("/readyz", self._readyz),
@@ -90,6 +91,7 @@ class FakeWorker:
         job_id = request.headers.get("x-fal-request-id", "")
         self.running.add(job_id)
         self.started[job_id] += 1
+        self.inputs[job_id] = inp
         fail = self.fail_next > 0
         if fail:
             self.fail_next -= 1

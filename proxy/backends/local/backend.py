@@ -131,7 +131,8 @@ class LocalBackend:
         request_id = target.request_id or ""
         if op is Operation.CANCEL:
             return await self._cancel(request_id)
-        found = await self.store.get(request_id, logs=True)
+        with_logs = dict(target.query).get("logs") in ("1", "true")
+        found = await self.store.get(request_id, logs=with_logs and op is Operation.STATUS)
         if found is None:
             raise ProxyError(404, "Request not found")
         if op is Operation.RESULT:
@@ -139,7 +140,6 @@ class LocalBackend:
                 raise ProxyError(400, "Request is still in progress")
             return _result(found)
         job = found
-        with_logs = dict(target.query).get("logs") in ("1", "true")
         if op is Operation.STATUS:
             position = await self.store.position(job.id) if job.status == "IN_QUEUE" else 0
             code = 200 if job.status == "COMPLETED" else 202
