@@ -127,12 +127,12 @@ def test_invalid_input_is_refused_and_nothing_is_queued(tmp_path: Path) -> None:
 
 
 def test_cancel_queued_running_and_finished(tmp_path: Path) -> None:
-    with FakeWorker(step_seconds=0.05) as worker:
+    with FakeWorker(step_seconds=0.1) as worker:
         settings = local_settings(tmp_path, [{"kind": "http", "url": worker.url}])
         with running_proxy(settings) as server:
             proxy = proxy_url(server, settings)
             queue = Queue(proxy)
-            long = {**INPUT, "num_inference_steps": 40}
+            long = {**INPUT, "num_inference_steps": 50}  # 5 s: cancelled long before
             running = queue.submit(long).json()["request_id"]
             queue.wait(running, "IN_PROGRESS")
             # the real client: submit (queued behind `running`), cancel, poll to COMPLETED
@@ -254,22 +254,26 @@ def test_webhook_is_delivered_with_retries_and_policy_applies(
 def test_overflow_goes_to_hosted_fal_when_the_local_queue_is_full(
         tmp_path: Path, fake_fal: FakeFal) -> None:
     settings = local_settings(
-        tmp_path, [{"kind": "demo", "step_seconds": 0.05}], overflow_depth=1,
+        tmp_path, [{"kind": "demo", "step_seconds": 0.1}], overflow_depth=1,
         fal={"fal": {"key": FAKE_KEY}, "upstream": {
             "run": fake_fal.run_base, "queue": fake_fal.queue_base, "rest": fake_fal.rest_base}})
     with running_proxy(settings) as server:
         proxy = proxy_url(server, settings)
         queue = Queue(proxy)
-        running = queue.submit({**INPUT, "num_inference_steps": 30}).json()["request_id"]
+        long = {**INPUT, "num_inference_steps": 50}  # 5 s each: the queue stays 1 deep
+        running = queue.submit(long).json()["request_id"]
         queue.wait(running, "IN_PROGRESS")
-        waiting = queue.submit(INPUT).json()["request_id"]  # local queue now 1 deep
+        waiting = queue.submit(long).json()["request_id"]
         assert not fake_fal.jobs
         out = run_flow("subscribe-polling", proxy, input=INPUT)
         assert out["ok"], out
         assert out["requestId"] in fake_fal.jobs  # went to hosted fal
         assert out["result"] == fake_fal.flux_output(INPUT)
-        for rid in (running, waiting):  # local jobs still answer through the same route
-            assert queue.wait(rid)["status"] == "COMPLETED"
-            assert queue.result(rid).json()["seed"] == INPUT["seed"]
+        # local jobs still answer through the same route
+        assert queue.status(running).json()["status"] == "IN_PROGRESS"
+        assert queue.status(waiting).json()["queue_position"] == 0
+        for rid in (waiting, running):
+            assert queue.cancel(rid).status_code == 202
+            assert queue.wait(rid)["error_type"] == "client_cancelled"
     assert all(r.headers.get("authorization") == f"Key {FAKE_KEY}"
                for r in fake_fal.records if r.host != "direct")
