@@ -5,7 +5,10 @@ several proxy processes) and keep jobs across restarts. `SqliteJobStore` is the 
 default; a Redis store for several proxy instances implements the same Protocol.
 
 To add a store: implement `JobStore` (every method async, never blocking the event loop),
-then pick it in `LocalBackend.__init__` from a `[local]` setting.
+then pick it in `LocalBackend.__init__` from a `[local]` setting. A store shared by several
+live processes must not let `recover()` re-queue jobs another live process is running (use a
+lease per claimed job instead), and should publish changes so `Hub` waiters in other
+processes wake early (they re-read the store every `poll_interval` regardless).
 """
 
 from __future__ import annotations
