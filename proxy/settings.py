@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 from urllib.parse import urlsplit
 
+from .backends.local.settings import LocalSettings  # the local backend's section lives there
+
 __all__ = [
     "ConfigError",
     "FalSettings",
@@ -183,10 +185,6 @@ class LogSettings:
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     access: bool = True
-
-
-# The local backend's section lives with its code; it needs ConfigError from above.
-from .backends.local.settings import LocalSettings  # noqa: E402
 
 
 @dataclass(frozen=True, slots=True)
