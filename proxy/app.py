@@ -6,9 +6,10 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from .backends.base import Backend
+from .backends.router import serving_mode
 from .demo_page import demo_routes
 from .middleware import FalProxyMiddleware
 from .mount import FalProxy
@@ -30,10 +31,12 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> Starlet
     """
     proxy = FalProxy(settings, backend=backend)
     routes: list[BaseRoute] = [Route("/healthz", _healthz, methods=["GET"])]
-    mode = "hosted"
+    mode = serving_mode(settings)
     show_demo = settings.demo.page if settings.demo.page != "auto" else mode == "demo"
     if show_demo:
         routes += demo_routes(settings.server.route, mode)
+    if proxy.media_app is not None:  # local mode: generated images and uploaded files
+        routes.append(Mount(settings.local.path, app=proxy.media_app))
     app = Starlette(
         routes=routes,
         # The middleware also closes the proxy's connection pool at lifespan shutdown.

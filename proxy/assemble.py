@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import secrets as _random
 
 from .asgi_types import ASGIApp
 from .backends.base import Backend
-from .backends.hosted import HostedBackend
+from .backends.router import serving_mode
 from .context import ProxyRequest
 from .identity import build_identify
+from .identity.settings import IdentitySettings
 from .observability import AccessLog
 from .pipeline import Pipeline, Stage, Stages
 from .policy.allowlist import Allowlist
@@ -42,6 +44,14 @@ def _signing_secrets(settings: Settings) -> list[str]:
     return [_random.token_urlsafe(32)]
 
 
+def _identity(settings: Settings) -> IdentitySettings:
+    identity = settings.identity
+    anonymous = {"address", "cookie"} & set(identity.resolvers)
+    if identity.demo_anonymous and not anonymous and serving_mode(settings) == "demo":
+        return dataclasses.replace(identity, resolvers=(*identity.resolvers, "address"))
+    return identity
+
+
 def build_stages(settings: Settings) -> Stages:
     policy = settings.policy
     allowlist = Allowlist(policy.allow, uploads=policy.allow_uploads)
@@ -49,14 +59,16 @@ def build_stages(settings: Settings) -> Stages:
     ownership = Ownership(_signing_secrets(settings), settings.identity.request_id_ttl)
     csrf = CsrfGuard(policy.cors.origins, host_user=settings.identity.csrf_host_user)
     return Stages(
-        identify=build_identify(settings.identity),
+        identify=build_identify(_identity(settings)),
         authorize=chain(csrf, allowlist, tokens.gate, ownership),
         police=chain(InputPolice(policy.inputs), tokens.police),
     )
 
 
 def build_backend(settings: Settings) -> Backend:
-    return HostedBackend(settings)
+    from .backends.router import build_backend as routed  # hosted, local queue, or both
+
+    return routed(settings)
 
 
 def build_pipeline(settings: Settings, backend: Backend | None = None) -> Pipeline:

@@ -34,6 +34,19 @@ def app_factory() -> object:
     return create_app(settings)
 
 
+def _describe_mode(settings: Settings) -> str:
+    from .backends.router import resolved_mode
+
+    if resolved_mode(settings) == "hosted":
+        return f"hosted fal API via {settings.upstream.queue}"
+    workers = settings.local.worker_list()
+    if all(w.kind == "demo" for w in workers):
+        return (f"DEMO MODE: local queue with the demo worker (placeholder images, no GPU, no "
+                f"fal key); jobs in {settings.local.data_dir}")
+    names = ", ".join(f"{w.name} ({w.kind})" for w in workers)
+    return f"local queue with workers {names}; jobs in {settings.local.data_dir}"
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -47,7 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .app import create_app
 
     app = create_app(settings)  # validates the whole set-up before binding the port
-    mode = f"hosted fal API via {settings.upstream.queue}"
+    mode = _describe_mode(settings)
     print(
         f"flux-proxy {__version__} listening on http://{host}:{port} "
         f"(proxy route {settings.server.route}, {mode})",

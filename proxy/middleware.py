@@ -36,7 +36,9 @@ class FalProxyMiddleware:
             proxy = self.proxy
 
             async def send_closing(message: Message) -> None:
-                if message["type"] == "lifespan.shutdown.complete":
+                if message["type"] == "lifespan.startup.complete":
+                    await proxy.start()
+                elif message["type"] == "lifespan.shutdown.complete":
                     await proxy.aclose()
                 await send(message)
 

@@ -31,6 +31,7 @@ class FalProxy:
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
+                    await self.start()
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
                     await self.aclose()
@@ -38,6 +39,18 @@ class FalProxy:
                     return
         else:  # websockets: nothing here speaks them
             await send({"type": "websocket.close", "code": 1008})
+
+    @property
+    def media_app(self) -> ASGIApp | None:
+        """Local mode: the app serving images and uploads, to mount at `settings.local.path`."""
+        media: ASGIApp | None = getattr(self.pipeline.backend, "media_app", None)
+        return media
+
+    async def start(self) -> None:
+        """Start background work now (local mode: resume the queue); otherwise on first use."""
+        start = getattr(self.pipeline.backend, "start", None)
+        if start is not None:
+            await start()
 
     async def aclose(self) -> None:
         """Close the upstream connection pool (idempotent)."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 from urllib.parse import urlsplit
 
+from .backends.local.settings import LocalSettings  # the local backend's section lives there
 from .identity.settings import IdentitySettings
 from .policy.settings import PolicySettings
 
@@ -211,6 +212,7 @@ class Settings:
     demo: DemoSettings = field(default_factory=DemoSettings)
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
+    local: LocalSettings = field(default_factory=LocalSettings)
 
     def validate(self, key: str = "") -> None:
         """Cross-section checks; each section validated itself already."""

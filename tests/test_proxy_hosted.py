@@ -370,8 +370,9 @@ def test_hosted_mode_without_key_refuses_to_start() -> None:
     from proxy.app import create_app
     from proxy.settings import ConfigError, settings_from_dict
 
+    # explicit hosted mode; with mode "auto" (the default) no key means the local demo
     with pytest.raises(ConfigError, match="FAL_KEY"):
-        create_app(settings_from_dict({}))
+        create_app(settings_from_dict({"local": {"mode": "hosted"}}))
 
 
 def test_event_loop_fixture_sanity() -> None:

@@ -32,6 +32,9 @@ class IdentitySettings:
     trusted_proxies: tuple[str, ...] = ()
     # Host-app users usually log in with a session cookie: check Origin on their writes too.
     csrf_host_user: bool = True
+    # In demo mode (local queue, demo worker only: nothing costs money) callers no resolver
+    # knows are identified by address, so the first run works with no config at all.
+    demo_anonymous: bool = True
 
     def validate(self, key: str) -> None:
         # Imported here: proxy.settings imports this module to build `Settings`.
