@@ -21,7 +21,7 @@ async def _healthz(request: Request) -> JSONResponse:
 
 
 def create_app(settings: Settings, *, backend: Backend | None = None) -> Starlette:
-    """A Starlette app serving `settings.server.route` and `/healthz`.
+    """A Starlette app serving `settings.server.route`, `/healthz`, `/readyz` and `/metrics`.
 
     The proxy route is served by `FalProxyMiddleware` in front of the router, so it costs no
     routing; add your own routes to the returned app as usual. `app.state.proxy` is the
@@ -29,7 +29,11 @@ def create_app(settings: Settings, *, backend: Backend | None = None) -> Starlet
     """
     proxy = FalProxy(settings, backend=backend)
     app = Starlette(
-        routes=[Route("/healthz", _healthz, methods=["GET"])],
+        routes=[
+            Route("/healthz", _healthz, methods=["GET"]),
+            Route("/readyz", proxy.readiness_app, methods=["GET"]),
+            Route("/metrics", proxy.metrics_app, methods=["GET"]),
+        ],
         # The middleware also closes the proxy's connection pool at lifespan shutdown.
         middleware=[Middleware(FalProxyMiddleware, proxy=proxy)],
     )

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 from urllib.parse import urlsplit
 
+from .limits.settings import LimitsSettings
+
 __all__ = [
     "ConfigError",
     "FalSettings",
@@ -193,6 +195,7 @@ class Settings:
     fal: FalSettings = field(default_factory=FalSettings)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
 
     def validate(self, key: str = "") -> None:
         """Cross-section checks; each section validated itself already."""

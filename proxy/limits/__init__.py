@@ -1,0 +1,1 @@
+"""Per-caller budgets (submit rate, cost quota, polling, concurrency) and a global cost cap."""
