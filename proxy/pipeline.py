@@ -75,6 +75,7 @@ class Pipeline:
         outcome = Outcome()
         try:
             request = await self._admit(scope, receive)
+            await self._guard(request)
             upstream = await self._forward(request, outcome)
             await self._respond(request, upstream, outcome, receive, send)
         except ProxyError as exc:
@@ -92,7 +93,7 @@ class Pipeline:
             self._log.record(scope, request, outcome, started)
 
     async def _admit(self, scope: Scope, receive: Receive) -> ProxyRequest:
-        """Parse the target, read the body, then run every guard. Nothing is sent yet."""
+        """Parse the target and read the body. Nothing is sent yet."""
         method: str = scope["method"]
         if method not in _METHODS:
             raise ProxyError(405, f"method {method} is not allowed",
@@ -109,14 +110,16 @@ class Pipeline:
             extra = {"allow": ", ".join(exc.allow)} if exc.allow else None
             raise ProxyError(exc.status, exc.detail, headers=extra) from None
         body = await self._read_body(headers, receive) if method != "GET" else b""
-        request = ProxyRequest(scope=scope, method=method, headers=headers, target=target,
-                               body=body)
+        return ProxyRequest(scope=scope, method=method, headers=headers, target=target,
+                            body=body)
+
+    async def _guard(self, request: ProxyRequest) -> None:
+        """Every guard in order; a refusal here is still logged and counted with its op."""
         stages = self.stages
         await stages.identify(request)
         await stages.authorize(request)
         await stages.police(request)
         await stages.charge(request)
-        return request
 
     async def _read_body(self, headers: list[tuple[bytes, bytes]], receive: Receive) -> bytes:
         limit = self._max_body

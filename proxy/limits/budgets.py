@@ -29,9 +29,10 @@ class Budget:
     scope: str  # "*" or the endpoint whose override this is
     scale: int = 1
     fail_open: bool = False
+    per_caller: bool = True  # False: one counter for everyone (the global cap)
 
     def key(self, caller: str) -> tuple[str, ...]:
-        return (self.name, self.scope, caller)
+        return (self.name, self.scope, caller if self.per_caller else "*")
 
     def units(self, cost: float) -> int:
         """The integer amount `limits` is charged for `cost` (never 0 for a real request)."""
@@ -61,8 +62,8 @@ class Window:
         return f"{amount}{unit} per {per}"
 
 
-def make_budget(name: str, spec: str, scope: str, *, cost: bool, fail_open: bool
-                ) -> Budget | None:
+def make_budget(name: str, spec: str, scope: str, *, cost: bool, fail_open: bool,
+                per_caller: bool = True) -> Budget | None:
     """None when `spec` is empty (that budget is off)."""
     if not spec:
         return None
@@ -71,7 +72,7 @@ def make_budget(name: str, spec: str, scope: str, *, cost: bool, fail_open: bool
         type(item)(item.amount * scale, item.multiples, item.namespace)
         for item in parse_many(spec)
     )
-    return Budget(name, items, scope, scale, fail_open)
+    return Budget(name, items, scope, scale, fail_open, per_caller)
 
 
 async def window(limiter: RateLimiter, budget: Budget, item: RateLimitItem, caller: str
@@ -105,9 +106,10 @@ def refusal(window: Window, caller_note: str = "") -> ProxyError:
     reset = max(1, math.ceil(window.reset))
     detail = (f"Rate limit exceeded: {window.budget.name} limit of {window.describe()}"
               f"{caller_note}; try again in {reset} s")
+    headers = {"retry-after": str(reset)}
+    headers.update((k.decode(), v.decode()) for k, v in rate_limit_headers([window]))
     return ProxyError(
-        429, detail, error_type="rate_limited",
-        headers={"retry-after": str(reset)},
+        429, detail, error_type="rate_limited", headers=headers,
         extra={"limit": {"budget": window.budget.name, "policy": window.describe(),
                          "reset": reset, "reset_at": math.ceil(time.time() + reset)}},
     )

@@ -107,7 +107,7 @@ class LimitsGuard:
             cost=budget("cost", override.cost, s.cost, s.fail_cost, cost=True),
             polling=budget("polling", override.polling, s.polling, s.fail_polling),
             global_cost=make_budget("global", s.global_cost, "*", cost=True,
-                                    fail_open=s.fail_global == "open"),
+                                    fail_open=s.fail_global == "open", per_caller=False),
             concurrency=s.concurrency if override.concurrency is None else override.concurrency,
             cost_function=resolve_cost_function(override.cost_function or s.cost_function),
         )
