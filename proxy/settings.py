@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 from urllib.parse import urlsplit
 
-from .limits.settings import LimitsSettings
-
 __all__ = [
     "ConfigError",
     "FalSettings",
@@ -185,6 +183,10 @@ class LogSettings:
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     access: bool = True
+
+
+# Sections that live in their own packages import ConfigError/Secret from here, hence below.
+from .limits.settings import LimitsSettings  # noqa: E402
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from limits import parse_many
 
-if TYPE_CHECKING:
-    from ..settings import ConfigError
+from ..settings import ConfigError, Secret
 
 __all__ = ["EndpointLimits", "FailMode", "LimitsSettings"]
 
 FailMode = Literal["open", "closed"]
+_NO_PASSWORD = Secret("")
 COST_FUNCTIONS = ("flux", "images", "request")
-
-
-def _error(key: str, problem: str) -> ConfigError:
-    # proxy.settings imports this module for its `limits` field, so import it late here.
-    from ..settings import ConfigError
-
-    return ConfigError(key, problem)
 
 
 def check_rate(key: str, value: str) -> None:
@@ -30,15 +23,15 @@ def check_rate(key: str, value: str) -> None:
     try:
         items = parse_many(value)
     except ValueError as exc:
-        raise _error(key, f"not a limit string like '20/minute;200/day': {exc}") from None
+        raise ConfigError(key, f"not a limit string like '20/minute;200/day': {exc}") from None
     if not items or any(item.amount < 1 for item in items):
-        raise _error(key, "every limit must allow at least 1 per window")
+        raise ConfigError(key, "every limit must allow at least 1 per window")
 
 
 def check_cost_function(key: str, value: str) -> None:
     if value in COST_FUNCTIONS or (":" in value and all(value.split(":", 1))):
         return
-    raise _error(
+    raise ConfigError(
         key, f"must be one of {', '.join(COST_FUNCTIONS)} or 'package.module:function'"
     )
 
@@ -62,7 +55,7 @@ class EndpointLimits:
             if value is not None:
                 check_rate(f"{key}.{name}", value)
         if self.concurrency is not None and self.concurrency < 0:
-            raise _error(f"{key}.concurrency", "must be 0 (unlimited) or more")
+            raise ConfigError(f"{key}.concurrency", "must be 0 (unlimited) or more")
         if self.cost_function is not None:
             check_cost_function(f"{key}.cost_function", self.cost_function)
 
@@ -77,6 +70,7 @@ class LimitsSettings:
 
     enabled: bool = True
     storage: str = "memory://"  # or redis://host:port/db (several processes share it)
+    redis_password: Secret = _NO_PASSWORD  # kept out of `storage` so check-config can show it
     strategy: Literal["moving-window", "sliding-window"] = "moving-window"
     key_prefix: str = "flux-proxy"
     submit: str = "10/minute;200/day"  # submits, runs and streams
@@ -104,17 +98,20 @@ class LimitsSettings:
         check_cost_function(f"{key}.cost_function", self.cost_function)
         scheme = self.storage.split("://", 1)[0]
         if "://" not in self.storage or scheme not in ("memory", "redis", "rediss"):
-            raise _error(f"{key}.storage", "must be memory:// or redis://host:port/db")
+            raise ConfigError(f"{key}.storage", "must be memory:// or redis://host:port/db")
+        if "@" in self.storage:
+            raise ConfigError(f"{key}.storage", "put the Redis password in limits.redis_password "
+                         "(or FLUX_PROXY__LIMITS__REDIS_PASSWORD), not in the URL")
         if self.concurrency < 0:
-            raise _error(f"{key}.concurrency", "must be 0 (unlimited) or more")
+            raise ConfigError(f"{key}.concurrency", "must be 0 (unlimited) or more")
         if self.concurrency_expiry <= 0:
-            raise _error(f"{key}.concurrency_expiry", "must be a positive number of seconds")
+            raise ConfigError(f"{key}.concurrency_expiry", "must be a positive number of seconds")
         if self.redis_timeout <= 0:
-            raise _error(f"{key}.redis_timeout", "must be a positive number of seconds")
+            raise ConfigError(f"{key}.redis_timeout", "must be a positive number of seconds")
         if self.usage_retention_days < 1:
-            raise _error(f"{key}.usage_retention_days", "must be at least 1")
+            raise ConfigError(f"{key}.usage_retention_days", "must be at least 1")
         if not self.key_prefix or any(c.isspace() for c in self.key_prefix):
-            raise _error(f"{key}.key_prefix", "must be a non-empty word")
+            raise ConfigError(f"{key}.key_prefix", "must be a non-empty word")
 
     @property
     def uses_redis(self) -> bool:

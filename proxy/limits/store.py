@@ -249,6 +249,8 @@ def open_backing(settings: LimitsSettings) -> Backing:
         "retry": Retry(NoBackoff(), 0),  # fail fast; the next request tries again
         "max_connections": 256,
     }
+    if settings.redis_password:
+        options["password"] = str(settings.redis_password)
     pool = ConnectionPool.from_url(settings.storage, **options)
     redis = Redis(connection_pool=pool)
     shared: dict[str, Any] = {"connection_pool": pool}  # one pool for limits and our counters
