@@ -26,6 +26,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from limits.aio.strategies import RateLimiter
+
 from ..context import Outcome, ProxyRequest
 from ..errors import ProxyError
 from ..target import Operation, Target
@@ -83,7 +85,6 @@ class LimitsGuard:
     ) -> None:
         self.settings = settings
         self.backing = backing
-        self._limiter = backing.limiter
         self._on_refusal = on_refusal
         self._on_usage = on_usage
         self._exempt_ids = frozenset(settings.exempt_callers)
@@ -178,6 +179,9 @@ class LimitsGuard:
 
     # -- budget primitives (each guarded by the budget's fail mode) ------------------------
 
+    def _limiter_for(self, budget: Budget) -> RateLimiter:
+        return self.backing.cost_limiter if budget.scale > 1 else self.backing.limiter
+
     async def _guarded(self, name: str, fail_open: bool, call: Awaitable[T]) -> T | None:
         try:
             return await call
@@ -197,7 +201,7 @@ class LimitsGuard:
         async def run() -> list[Window]:
             out = []
             for item in budget.items:
-                state = await window(self._limiter, budget, item, caller)
+                state = await window(self._limiter_for(budget), budget, item, caller)
                 if state.remaining < amount:
                     self._on_refusal(budget.name, "exceeded")
                     raise refusal(state)
@@ -210,8 +214,8 @@ class LimitsGuard:
         async def run() -> list[Window]:
             out = []
             for item in budget.items:
-                ok = await self._limiter.hit(item, *budget.key(caller), cost=amount)
-                state = await window(self._limiter, budget, item, caller)
+                ok = await self._limiter_for(budget).hit(item, *budget.key(caller), cost=amount)
+                state = await window(self._limiter_for(budget), budget, item, caller)
                 if not ok:
                     self._on_refusal(budget.name, "exceeded")
                     raise refusal(state)
@@ -290,7 +294,8 @@ class LimitsGuard:
             amount = budget.units(charge.cost)
             for item in budget.items:
                 # May refuse when concurrent requests overshot together; see module docstring.
-                await self._limiter.hit(item, *budget.key(charge.caller), cost=amount)
+                await self.backing.cost_limiter.hit(item, *budget.key(charge.caller),
+                                                    cost=amount)
 
     async def _watch_status(self, request: ProxyRequest, status: int, body: bytes) -> bytes:
         if status == 200 and b"COMPLETED" in body:

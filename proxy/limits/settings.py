@@ -72,6 +72,9 @@ class LimitsSettings:
     storage: str = "memory://"  # or redis://host:port/db (several processes share it)
     redis_password: Secret = _NO_PASSWORD  # kept out of `storage` so check-config can show it
     strategy: Literal["moving-window", "sliding-window"] = "moving-window"
+    # Cost windows count hundredths of a unit; a moving window stores one entry per counted
+    # item (100 per 1-unit image), so cost and global budgets default to the sliding window.
+    cost_strategy: Literal["moving-window", "sliding-window"] = "sliding-window"
     key_prefix: str = "flux-proxy"
     submit: str = "10/minute;200/day"  # submits, runs and streams
     cost: str = "100/hour;400/day"  # cost units

@@ -77,9 +77,14 @@ class _MemorySlots:
         self._slots: dict[str, dict[str, float]] = defaultdict(dict)
 
     def _live(self, caller: str) -> dict[str, float]:
+        # Every slot gets the same lifetime and renames re-insert, so insertion order is
+        # expiry order: drop from the front until the first live one.
         slots = self._slots[caller]
         now = time.monotonic()
-        for member in [m for m, until in slots.items() if until <= now]:
+        while slots:
+            member, until = next(iter(slots.items()))
+            if until > now:
+                break
             del slots[member]
         return slots
 
@@ -87,7 +92,7 @@ class _MemorySlots:
         slots = self._live(caller)
         now = time.monotonic()
         if limit and len(slots) >= limit:
-            return False, len(slots), min(slots.values()) - now
+            return False, len(slots), next(iter(slots.values())) - now
         slots[member] = now + self._expiry
         return True, len(slots), self._expiry
 
@@ -209,7 +214,8 @@ class Backing:
     """The storage behind every budget: a `limits` strategy, slots and usage."""
 
     kind: str  # "memory" | "redis"
-    limiter: RateLimiter
+    limiter: RateLimiter  # submit and polling windows
+    cost_limiter: RateLimiter  # cost and global windows (weighted hits)
     slots: Slots
     usage: Usage
     storage: Storage
@@ -230,8 +236,8 @@ class Backing:
             await self.redis.aclose(close_connection_pool=True)
 
 
-def _strategy(settings: LimitsSettings, storage: Storage) -> RateLimiter:
-    if settings.strategy == "sliding-window":
+def _strategy(name: str, storage: Storage) -> RateLimiter:
+    if name == "sliding-window":
         return SlidingWindowCounterRateLimiter(storage)
     return MovingWindowRateLimiter(storage)
 
@@ -241,7 +247,8 @@ def open_backing(settings: LimitsSettings) -> Backing:
     prefix = settings.key_prefix
     if not settings.uses_redis:
         storage: Storage = MemoryStorage()
-        return Backing("memory", _strategy(settings, storage),
+        return Backing("memory", _strategy(settings.strategy, storage),
+                       _strategy(settings.cost_strategy, storage),
                        _MemorySlots(settings.concurrency_expiry), _MemoryUsage(), storage)
     options: dict[str, Any] = {
         "socket_timeout": settings.redis_timeout,
@@ -259,7 +266,8 @@ def open_backing(settings: LimitsSettings) -> Backing:
         key_prefix=f"{prefix}:limits", **shared,
     )
     return Backing(
-        "redis", _strategy(settings, storage),
+        "redis", _strategy(settings.strategy, storage),
+        _strategy(settings.cost_strategy, storage),
         _RedisSlots(redis, prefix, settings.concurrency_expiry),
         _RedisUsage(redis, prefix, settings.usage_retention_days),
         storage, redis, settings.redis_timeout,
