@@ -46,3 +46,12 @@ def test_other_cost_functions() -> None:
     assert images_cost({"num_images": 3}) == 3 and request_cost({"num_images": 3}) == 1
     assert resolve_cost_function("images") is images_cost
     assert resolve_cost_function("proxy.limits.cost:request_cost") is request_cost
+
+
+def test_usage_command_explains_memory_storage(tmp_path: Any, capsys: Any) -> None:
+    from proxy.cli import main
+
+    config = tmp_path / "proxy.toml"
+    config.write_text('[limits]\nstorage = "memory://"\n')
+    assert main(["usage", "--config", str(config)]) == 1
+    assert "redis://" in capsys.readouterr().err
