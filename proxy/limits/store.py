@@ -26,6 +26,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from .batching import BatchingRedis
 from .settings import LimitsSettings
 
 __all__ = ["STORE_ERRORS", "Backing", "DayUsage", "Slots", "Usage", "open_backing", "today"]
@@ -259,12 +260,13 @@ def open_backing(settings: LimitsSettings) -> Backing:
     if settings.redis_password:
         options["password"] = str(settings.redis_password)
     pool = ConnectionPool.from_url(settings.storage, **options)
-    redis = Redis(connection_pool=pool)
+    redis = BatchingRedis(pool)
     shared: dict[str, Any] = {"connection_pool": pool}  # one pool for limits and our counters
     storage = RedisStorage(
         "async+" + settings.storage, implementation="redispy", wrap_exceptions=True,
         key_prefix=f"{prefix}:limits", **shared,
     )
+    _batch_limits_commands(storage, redis)
     return Backing(
         "redis", _strategy(settings.strategy, storage),
         _strategy(settings.cost_strategy, storage),
@@ -272,6 +274,16 @@ def open_backing(settings: LimitsSettings) -> Backing:
         _RedisUsage(redis, prefix, settings.usage_retention_days),
         storage, redis, settings.redis_timeout,
     )
+
+
+def _batch_limits_commands(storage: RedisStorage, redis: Redis) -> None:
+    """Let `limits` send through the batching client too (limits 5.x's redis-py bridge)."""
+    bridge: Any = getattr(storage, "bridge", None)
+    if bridge is None or not hasattr(bridge, "register_scripts"):
+        return  # another limits layout: it keeps its own client, which is only slower
+    bridge.storage = redis
+    bridge.connection_getter = lambda _readonly: redis
+    bridge.register_scripts()
 
 
 def recent_days(count: int, now: float | None = None) -> list[str]:
