@@ -1,4 +1,4 @@
-"""`flux-proxy serve | check-config | usage`: the command line."""
+"""`flux-proxy serve | check-config | usage | worker`: the command line."""
 
 from __future__ import annotations
 
@@ -105,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--json", action="store_true", help="one JSON object per line")
     usage.add_argument("--config", default=None, help="TOML config file (or FLUX_PROXY_CONFIG)")
     usage.set_defaults(func=_usage)
+
+    from .worker import cli as worker_cli  # argument wiring only; torch loads in run()
+
+    worker = sub.add_parser(
+        "worker", help="run a local FLUX.1 [dev] GPU worker (needs the 'gpu' extra)"
+    )
+    worker_cli.add_arguments(worker)
+    worker.set_defaults(func=worker_cli.run)
     return parser
 
 

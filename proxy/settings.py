@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "ConfigError",
+    "DemoSettings",
     "FalSettings",
     "LogSettings",
     "Secret",
@@ -190,6 +191,17 @@ from .limits.settings import LimitsSettings  # noqa: E402
 
 
 @dataclass(frozen=True, slots=True)
+class DemoSettings:
+    """The demo page at `/demo/` of the standalone app.
+
+    `page` is "auto" (on when running the embedded demo backend, off in hosted mode), or
+    true/false to force it.
+    """
+
+    page: bool | Literal["auto"] = "auto"
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the proxy needs, in one explicit object."""
 
@@ -197,6 +209,7 @@ class Settings:
     fal: FalSettings = field(default_factory=FalSettings)
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    demo: DemoSettings = field(default_factory=DemoSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
 
     def validate(self, key: str = "") -> None:

@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
-echo "== installing Python packages"
-"$PY" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+echo "== installing Python packages (CPU torch first, so the gpu extra does not pull CUDA)"
+"$PY" -m pip install --quiet --disable-pip-version-check "torch==2.13.0" -e '.[test,gpu]'
 
 echo "== installing the pinned @fal-ai/client for the JS tests"
 npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
@@ -21,6 +21,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
+
+echo "== browser for the page tests (Debian chromium + Playwright, no browser downloads)"
+bash scripts/install-browser.sh
+export FLUX_PROXY_REQUIRE_BROWSER=1   # browser tests must run, never silently skip
 
 echo "== ruff"
 "$PY" -m ruff check proxy tests scripts

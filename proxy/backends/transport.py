@@ -103,16 +103,19 @@ class HttpTransport:
     ) -> TransportResponse:
         """Send one request and wait for the response head (bounded by first_byte_timeout)."""
         session = self._get_session()
+        # encoded=True: the URL was rebuilt from validated parts; yarl must not re-quote or
+        # normalise it (that would change a webhook's encoding).
+        request = session.request(
+            method, URL(url, encoded=True), headers=headers, data=body, allow_redirects=False,
+            timeout=self._stream_timeout if stream else self._plain_timeout,
+            compress=None, chunked=None,
+        )
         try:
-            async with asyncio.timeout(self._settings.first_byte_timeout):
-                resp = await session.request(
-                    # encoded=True: the URL was rebuilt from validated parts; yarl must not
-                    # re-quote or normalise it (that would change a webhook's encoding).
-                    method, URL(url, encoded=True), headers=headers, data=body,
-                    allow_redirects=False,
-                    timeout=self._stream_timeout if stream else self._plain_timeout,
-                    compress=None, chunked=None,
-                )
+            if stream:  # streams have no read timeout, so bound the wait for the head here
+                async with asyncio.timeout(self._settings.first_byte_timeout):
+                    resp = await request
+            else:  # aiohttp's sock_read timeout bounds it (cheaper: no timer per request)
+                resp = await request
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamError(
                 "unreachable", f"cannot connect to upstream: {exc}", sent=False

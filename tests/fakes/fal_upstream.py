@@ -87,6 +87,23 @@ _PNG_1X1 = bytes.fromhex(
 )
 _JPEG_STUB = bytes.fromhex("ffd8ffe000104a46494600010100000100010000ffd9")
 
+def _generated_image(name: str) -> tuple[bytes, str]:
+    """A real image of the size named in the URL (`<digest>-<W>x<H>.<ext>`), so a browser
+    renders it at the size the output claims."""
+    import io
+
+    from PIL import Image
+
+    stem, _, ext = name.rpartition(".")
+    fmt, ctype = ("PNG", "image/png") if ext == "png" else ("JPEG", "image/jpeg")
+    m = re.search(r"-(\d{1,4})x(\d{1,4})$", stem)
+    if not m:
+        return (_PNG_1X1, "image/png") if ext == "png" else (_JPEG_STUB, "image/jpeg")
+    buf = io.BytesIO()
+    Image.new("RGB", (int(m.group(1)), int(m.group(2))), (200, 90, 40)).save(buf, fmt)
+    return buf.getvalue(), ctype
+
+
 _REQ_RE = re.compile(
     r"^/(?P<app>.+?)/requests/(?P<id>[^/]+)"
     r"(?P<op>/status/stream|/status|/cancel)?/?$"
@@ -350,7 +367,7 @@ class FakeFal:
         n = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
         digest = hashlib.sha256(json.dumps(inp, sort_keys=True).encode()).hexdigest()[:16]
         image = {
-            "url": f"{base}/files/gen/{digest}.{ext}",
+            "url": f"{base}/files/gen/{digest}-{w}x{h}.{ext}",
             "width": w,
             "height": h,
             "content_type": ctype,
@@ -851,8 +868,7 @@ class _Ctx:
             return self.not_found()
         if parts[:1] == ["files"] and rec.method in ("GET", "HEAD"):
             if len(parts) == 3 and parts[1] == "gen":
-                png = parts[2].endswith(".png")
-                data, ctype = (_PNG_1X1, "image/png") if png else (_JPEG_STUB, "image/jpeg")
+                data, ctype = _generated_image(parts[2])
                 return _Resp(200, data, [("content-type", ctype), *self._cors()])
             if len(parts) == 3 and parts[1] in fake.uploads:
                 ctype, data = fake.uploads[parts[1]]
