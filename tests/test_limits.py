@@ -86,7 +86,9 @@ async def _wait_completed(http: httpx.AsyncClient, url: str, request_id: str) ->
 
 async def test_concurrency_released_on_completion_and_cancel(fake_fal: FakeFal) -> None:
     fake_fal.queue_seconds, fake_fal.run_seconds = 0.05, 0.05
-    settings = proxy_settings(fake_fal, limits=limits(concurrency=1))
+    # the cap is on the endpoint; status and cancel name only the app and still release it
+    settings = proxy_settings(fake_fal, limits=limits(
+        concurrency=0, endpoints={"fal-ai/flux/dev": {"concurrency": 1}}))
     with running_proxy(settings) as server:
         url = proxy_url(server)
         async with client() as http:

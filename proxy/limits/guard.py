@@ -93,6 +93,10 @@ class LimitsGuard:
         self._endpoints = {
             name: self._policy(name, override) for name, override in settings.endpoints.items()
         }
+        # Status calls name the app, not the endpoint, so they release slots whenever any
+        # endpoint may have taken one.
+        self._slots_used = any(
+            p.concurrency > 0 for p in (self._default, *self._endpoints.values()))
 
     def _policy(self, scope: str, override: EndpointLimits) -> Policy:
         s = self.settings
@@ -169,7 +173,7 @@ class LimitsGuard:
             windows = await self._hit(policy.polling, caller, 1)
             request.response_headers.extend(rate_limit_headers(windows))
         op = request.target.operation
-        if exempt or policy.concurrency <= 0 or not request.target.request_id:
+        if exempt or not self._slots_used or not request.target.request_id:
             return
         request.notes["limits"] = caller
         if op is Operation.STATUS:
