@@ -23,14 +23,19 @@ async def _healthz(request: Request) -> JSONResponse:
 
 
 def create_app(settings: Settings, *, backend: Backend | None = None) -> Starlette:
-    """A Starlette app serving `settings.server.route`, `/healthz` and the demo page.
+    """A Starlette app serving `settings.server.route`, `/healthz`, `/readyz`, `/metrics` and
+    the demo page.
 
     The proxy route is served by `FalProxyMiddleware` in front of the router, so it costs no
     routing; add your own routes to the returned app as usual. `app.state.proxy` is the
     `FalProxy` in use.
     """
     proxy = FalProxy(settings, backend=backend)
-    routes: list[BaseRoute] = [Route("/healthz", _healthz, methods=["GET"])]
+    routes: list[BaseRoute] = [
+        Route("/healthz", _healthz, methods=["GET"]),
+        Route("/readyz", proxy.readiness_app, methods=["GET"]),
+        Route("/metrics", proxy.metrics_app, methods=["GET"]),
+    ]
     mode = serving_mode(settings)
     show_demo = settings.demo.page if settings.demo.page != "auto" else mode == "demo"
     if show_demo:

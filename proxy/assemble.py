@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets as _random
+from dataclasses import dataclass
 
 from .asgi_types import ASGIApp
 from .backends.base import Backend
@@ -11,7 +12,9 @@ from .backends.router import serving_mode
 from .context import ProxyRequest
 from .identity import build_identify
 from .identity.settings import IdentitySettings
-from .observability import AccessLog
+from .limits.guard import LimitsGuard
+from .limits.store import open_backing
+from .metrics import Metrics, MetricsAccessLog
 from .pipeline import Pipeline, Stage, Stages
 from .policy.allowlist import Allowlist
 from .policy.cors import Cors
@@ -19,9 +22,49 @@ from .policy.csrf import CsrfGuard
 from .policy.inputs import InputPolice
 from .policy.ownership import Ownership
 from .policy.tokens import TokenPolicy
+from .readiness import Readiness
 from .settings import ConfigError, Settings
 
-__all__ = ["build_backend", "build_handler", "build_pipeline", "build_stages", "chain"]
+__all__ = [
+    "Services", "build_backend", "build_handler", "build_pipeline", "build_services",
+    "build_stages", "chain",
+]
+
+
+@dataclass(slots=True)
+class Services:
+    """What lives beside the pipeline: metrics, the limits guard and its store, readiness."""
+
+    metrics: Metrics
+    limits: LimitsGuard | None
+    readiness: Readiness
+
+    async def aclose(self) -> None:
+        if self.limits is not None:
+            await self.limits.backing.aclose()
+
+
+def build_services(settings: Settings) -> Services:
+    metrics = Metrics()
+    limits = None
+    if settings.limits.enabled:
+        limits = LimitsGuard(settings.limits, open_backing(settings.limits),
+                             on_refusal=metrics.refused, on_usage=metrics.used)
+    return Services(metrics, limits, Readiness(limits.backing if limits else None))
+
+
+def _charge(services: Services) -> Stage:
+    """Limits (when on), then count the request as in flight."""
+    track = services.metrics.track
+    if services.limits is None:
+        return track
+    guard = services.limits.charge
+
+    async def charge(request: ProxyRequest) -> None:
+        await guard(request)
+        await track(request)
+
+    return charge
 
 
 def chain(*stages: Stage) -> Stage:
@@ -52,7 +95,8 @@ def _identity(settings: Settings) -> IdentitySettings:
     return identity
 
 
-def build_stages(settings: Settings) -> Stages:
+def build_stages(settings: Settings, services: Services | None = None) -> Stages:
+    services = services or build_services(settings)
     policy = settings.policy
     allowlist = Allowlist(policy.allow, uploads=policy.allow_uploads)
     tokens = TokenPolicy(policy.tokens, allowlist)
@@ -62,6 +106,7 @@ def build_stages(settings: Settings) -> Stages:
         identify=build_identify(_identity(settings)),
         authorize=chain(csrf, allowlist, tokens.gate, ownership),
         police=chain(InputPolice(policy.inputs), tokens.police),
+        charge=_charge(services),
     )
 
 
@@ -71,13 +116,16 @@ def build_backend(settings: Settings) -> Backend:
     return routed(settings)
 
 
-def build_pipeline(settings: Settings, backend: Backend | None = None) -> Pipeline:
+def build_pipeline(
+    settings: Settings, backend: Backend | None = None, services: Services | None = None
+) -> Pipeline:
+    services = services or build_services(settings)
     return Pipeline(
         backend or build_backend(settings),
-        build_stages(settings),
+        build_stages(settings, services),
         max_body_bytes=settings.server.max_body_bytes,
         max_response_bytes=settings.server.max_response_bytes,
-        access_log=AccessLog(settings.log.access),
+        access_log=MetricsAccessLog(services.metrics, settings.log.access),
     )
 
 

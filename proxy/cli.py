@@ -1,4 +1,4 @@
-"""`flux-proxy serve | check-config | token issue | worker`: the command line."""
+"""`flux-proxy serve | check-config | token issue | usage | worker`: the command line."""
 
 from __future__ import annotations
 
@@ -105,6 +105,13 @@ def _token_issue(args: argparse.Namespace) -> int:
     return 0
 
 
+def _usage(args: argparse.Namespace) -> int:
+    from .limits.usage_report import print_usage
+
+    return print_usage(_load(args.config), user=args.user, days=args.days,
+                       as_json=args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flux-proxy", description="A secure, fast proxy for fal's @fal-ai/client."
@@ -130,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--ttl", default="1h", help="lifetime: 3600, 15m, 1h, 7d (default 1h)")
     issue.add_argument("--config", default=None, help="TOML config file (or FLUX_PROXY_CONFIG)")
     issue.set_defaults(func=_token_issue)
+
+    usage = sub.add_parser("usage", help="requests, images and cost units per caller and day")
+    usage.add_argument("--user", default=None, help="one caller id (e.g. ip:203.0.113.7)")
+    usage.add_argument("--days", type=int, default=1, help="how many days back (default 1)")
+    usage.add_argument("--json", action="store_true", help="one JSON object per line")
+    usage.add_argument("--config", default=None, help="TOML config file (or FLUX_PROXY_CONFIG)")
+    usage.set_defaults(func=_usage)
 
     from .worker import cli as worker_cli  # argument wiring only; torch loads in run()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .asgi_types import ASGIApp, Receive, Scope, Send
-from .assemble import build_handler, build_pipeline
+from .assemble import Services, build_handler, build_pipeline, build_services
 from .backends.base import Backend
 from .pipeline import Pipeline
 from .settings import Settings
@@ -16,12 +16,17 @@ class FalProxy:
 
     `Mount("/api/fal/proxy", app=FalProxy(settings))`. Mounted apps get no lifespan events,
     so the connection pool opens on first use; call `aclose()` from the host's shutdown.
+    `proxy.metrics_app` and `proxy.readiness_app` are ASGI apps to mount where you like
+    (e.g. `/metrics`, `/readyz`).
     """
 
     def __init__(self, settings: Settings, *, backend: Backend | None = None) -> None:
         self.settings = settings
-        self.pipeline: Pipeline = build_pipeline(settings, backend)
+        self.services: Services = build_services(settings)
+        self.pipeline: Pipeline = build_pipeline(settings, backend, self.services)
         self.handler: ASGIApp = build_handler(settings, self.pipeline)  # CORS, if configured
+        self.metrics_app = self.services.metrics
+        self.readiness_app = self.services.readiness
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -53,5 +58,6 @@ class FalProxy:
             await start()
 
     async def aclose(self) -> None:
-        """Close the upstream connection pool (idempotent)."""
+        """Close the upstream connection pool and the limits store (idempotent)."""
         await self.pipeline.backend.aclose()
+        await self.services.aclose()

@@ -114,8 +114,9 @@ class Pipeline:
                             body=body)
 
     async def _guard(self, request: ProxyRequest) -> None:
-        """Every guard, in order. A refusal still carries the headers set before it (a new
-        anonymous cookie, CORS) and still runs the settle hooks registered before it."""
+        """Every guard, in order. A refusal is still logged and counted with its operation,
+        carries the headers set before it (a new anonymous cookie, CORS) and runs the settle
+        hooks registered before it."""
         stages = self.stages
         await stages.identify(request)
         await stages.authorize(request)

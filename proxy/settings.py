@@ -190,6 +190,10 @@ class LogSettings:
     access: bool = True
 
 
+# Sections that live in their own packages import ConfigError/Secret from here, hence below.
+from .limits.settings import LimitsSettings  # noqa: E402
+
+
 @dataclass(frozen=True, slots=True)
 class DemoSettings:
     """The demo page at `/demo/` of the standalone app.
@@ -213,6 +217,7 @@ class Settings:
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     local: LocalSettings = field(default_factory=LocalSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
 
     def validate(self, key: str = "") -> None:
         """Cross-section checks; each section validated itself already."""

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fakes.fal_upstream import FakeFal
+from tests.fakes.redis_server import RedisServer, redis_available
 
 FAKE_FAL_KEY = "test-fal-key"
 
@@ -20,3 +21,12 @@ def fake_fal() -> Iterator[FakeFal]:
     fake = FakeFal(key=FAKE_FAL_KEY)
     with fake:
         yield fake
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real `redis-server` for the session; tests keep apart with their own key prefix."""
+    if not redis_available():
+        pytest.fail("redis-server is not installed (scripts/apt-packages.txt lists it)")
+    with RedisServer() as server:
+        yield server

@@ -30,11 +30,13 @@ TEST_SECRET = "test-signing-secret-0123456789"
 
 # The deployed defaults refuse unidentified callers and allow only fal-ai/flux/dev. Tests of
 # the proxy route itself opt in to a permissive set-up: anonymous callers known by address,
-# the fake's special endpoints, uploads, and webhooks to example.com.
+# the fake's special endpoints, uploads, webhooks to example.com, and no limits.
 PERMISSIVE: dict[str, Any] = {
     "identity": {"resolvers": ["address"], "secrets": [TEST_SECRET]},
+    # Limits are on by default; their own tests turn them on with explicit budgets.
+    "limits": {"enabled": False},
     "policy": {
-        "allow": ["fal-ai/flux/dev", "fal-ai/fake/*"],
+        "allow": ["fal-ai/flux/*", "fal-ai/fake/*"],
         "allow_uploads": True,
         "inputs": {"*": {"webhook_prefixes": ["https://example.com/"]}},
     },

@@ -181,7 +181,9 @@ def test_status_stream_closes_after_completed(fake_fal: FakeFal, client: httpx.C
     all_logs = [lg["message"] for e in events for lg in (e.get("logs") or [])]
     assert all_logs == [f"step {i}/4" for i in (1, 2, 3, 4)]
     assert ": ping" in r.text
-    assert fake_fal.streams_open == 0 and fake_fal.stream_disconnects == 0
+    # The fake's counters settle just after the last byte reaches the client.
+    assert fake_fal.wait_for(lambda: fake_fal.streams_open == 0, timeout=3)
+    assert fake_fal.stream_disconnects == 0
 
 
 def test_cancel_outcomes(fake_fal: FakeFal, client: httpx.Client) -> None:

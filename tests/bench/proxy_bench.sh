@@ -34,6 +34,9 @@ mkdir -p /tmp/fal-bench
 export FAL_KEY=bench-key
 export FLUX_PROXY_UPSTREAM_QUEUE=http://127.0.0.1:18081
 export FLUX_PROXY_UPSTREAM_RUN=http://127.0.0.1:18082
+# wrk sends everything from one address, which the default per-caller limits would refuse;
+# limits are measured on their own by tests/bench/limits_bench.sh.
+export FLUX_PROXY__LIMITS__ENABLED=${FLUX_PROXY__LIMITS__ENABLED:-false}
 ARGS=(serve --host 127.0.0.1 --port "$PORT" --workers "$WORKERS")
 [[ -n $CONFIG ]] && ARGS+=(--config "$CONFIG")
 "${PIN[@]}" python3 -m proxy.cli "${ARGS[@]}" >"$LOG" 2>&1 &

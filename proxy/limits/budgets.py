@@ -1,0 +1,115 @@
+"""A budget is a named set of `limits` windows; this module checks, consumes and reports them.
+
+Cost budgets count in units, kept internally in hundredths (the `limits` API counts integers),
+so a quota of `"400/day"` units is a window of 40 000 and a 0.25-unit request costs 25.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItem, parse_many
+from limits.aio.strategies import RateLimiter
+
+from ..errors import ProxyError
+
+__all__ = ["COST_SCALE", "Budget", "Window", "make_budget", "rate_limit_headers", "refusal"]
+
+COST_SCALE = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """One budget (`submit`, `cost`, `polling`, `global`) for one scope of endpoints."""
+
+    name: str
+    items: tuple[RateLimitItem, ...]
+    scope: str  # "*" or the endpoint whose override this is
+    scale: int = 1
+    fail_open: bool = False
+    per_caller: bool = True  # False: one counter for everyone (the global cap)
+
+    def key(self, caller: str) -> tuple[str, ...]:
+        return (self.name, self.scope, caller if self.per_caller else "*")
+
+    def units(self, cost: float) -> int:
+        """The integer amount `limits` is charged for `cost` (never 0 for a real request)."""
+        return max(1, math.ceil(cost * self.scale - 1e-9)) if self.scale > 1 else max(1, int(cost))
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The state of one window after a check: for headers and refusals."""
+
+    budget: Budget
+    item: RateLimitItem
+    remaining: int  # in the budget's own integer units
+    reset: float  # seconds from now
+
+    @property
+    def label(self) -> str:
+        item = self.item
+        return f"{self.budget.name}-{item.multiples}-{item.GRANULARITY.name}"
+
+    def describe(self) -> str:
+        item = self.item
+        amount = item.amount // self.budget.scale
+        per = item.GRANULARITY.name if item.multiples == 1 else (
+            f"{item.multiples} {item.GRANULARITY.name}s")
+        unit = " cost units" if self.budget.scale > 1 else ""
+        return f"{amount}{unit} per {per}"
+
+
+def make_budget(name: str, spec: str, scope: str, *, cost: bool, fail_open: bool,
+                per_caller: bool = True) -> Budget | None:
+    """None when `spec` is empty (that budget is off)."""
+    if not spec:
+        return None
+    scale = COST_SCALE if cost else 1
+    items = tuple(
+        type(item)(item.amount * scale, item.multiples, item.namespace)
+        for item in parse_many(spec)
+    )
+    return Budget(name, items, scope, scale, fail_open, per_caller)
+
+
+async def window(limiter: RateLimiter, budget: Budget, item: RateLimitItem, caller: str
+                 ) -> Window:
+    stats = await limiter.get_window_stats(item, *budget.key(caller))
+    return Window(budget, item, max(0, stats.remaining), max(0.0, stats.reset_time - time.time()))
+
+
+def rate_limit_headers(windows: list[Window], pending: int = 0) -> list[tuple[bytes, bytes]]:
+    """`RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers), one item
+    per window; `pending` is a cost about to be charged, already taken off `r`."""
+    if not windows:
+        return []
+    policy = ", ".join(
+        f'"{w.label}";q={w.item.amount // w.budget.scale};w={w.item.get_expiry()}'
+        for w in windows
+    )
+    state = ", ".join(
+        f'"{w.label}";r={_left(w, pending)};t={math.ceil(w.reset)}' for w in windows
+    )
+    return [(b"ratelimit-policy", policy.encode()), (b"ratelimit", state.encode())]
+
+
+def _left(window: Window, pending: int) -> int:
+    charge = pending if window.budget.scale > 1 else 0
+    return max(0, window.remaining - charge) // window.budget.scale
+
+
+def refusal(window: Window, caller_note: str = "") -> ProxyError:
+    """429 saying which limit was hit and when it resets; `Retry-After` in seconds."""
+    reset = max(1, math.ceil(window.reset))
+    detail = (f"Rate limit exceeded: {window.budget.name} limit of {window.describe()}"
+              f"{caller_note}; try again in {reset} s")
+    headers = {"retry-after": str(reset)}
+    headers.update((k.decode(), v.decode()) for k, v in rate_limit_headers([window]))
+    return ProxyError(
+        429, detail, error_type="rate_limited", headers=headers,
+        extra={"limit": {"budget": window.budget.name, "policy": window.describe(),
+                         "reset": reset, "reset_at": math.ceil(time.time() + reset)}},
+    )

@@ -1,0 +1,332 @@
+"""The `charge` stage: every budget is checked before anything is sent upstream.
+
+Per billed request (submit, run, stream), in this order:
+
+1. cost quota and global cost cap are *tested* with the request's cost (no side effect);
+2. a concurrency slot is reserved (atomic; released again if a later check refuses);
+3. the submit rate is *hit* (atomic per key, so N concurrent requests against a limit of L
+   let exactly L through, in memory and in Redis).
+
+The cost is *charged* only once the upstream accepted the request (a 2xx), in a settle hook,
+so an upstream refusal costs nothing. The price: requests that pass the cost test at the same
+moment can together overshoot the quota by at most the cost of the requests then in flight,
+which the concurrency budget caps per caller.
+
+Polling calls (status, result, cancel, uploads) hit their own bucket and release the caller's
+concurrency slot when they show the job ended: COMPLETED status, a result, a cancel, or the
+end of a status stream. A slot nobody releases expires after `concurrency_expiry`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from limits.aio.strategies import RateLimiter
+
+from ..context import Outcome, ProxyRequest
+from ..errors import ProxyError
+from ..target import Operation, Target
+from .budgets import Budget, Window, make_budget, rate_limit_headers, refusal, window
+from .cost import CostFunction, parse_input, requested_images, resolve_cost_function
+from .settings import EndpointLimits, LimitsSettings
+from .store import STORE_ERRORS, Backing
+
+__all__ = ["BILLED", "LimitsGuard", "Policy"]
+
+BILLED = frozenset({Operation.SUBMIT, Operation.RUN, Operation.STREAM})
+_LOG = logging.getLogger("flux_proxy.limits")
+T = TypeVar("T")
+RefusalHook = Callable[[str, str], None]  # (budget, "exceeded" | "unavailable")
+UsageHook = Callable[[ProxyRequest, int, float], None]  # (request, images, cost units)
+
+
+def _ignore_refusal(budget: str, reason: str) -> None:
+    return None
+
+
+def _ignore_usage(request: ProxyRequest, images: int, cost: float) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The budgets that apply to one endpoint."""
+
+    submit: Budget | None
+    cost: Budget | None
+    polling: Budget | None
+    global_cost: Budget | None
+    concurrency: int
+    cost_function: CostFunction
+
+
+@dataclass(slots=True)
+class _Charge:
+    caller: str
+    cost: float
+    images: int
+    exempt: bool
+    policy: Policy
+    slot: str | None = None
+    request_id: str | None = None
+
+
+class LimitsGuard:
+    """Checks budgets before forwarding and settles them afterwards (see module docstring)."""
+
+    def __init__(
+        self, settings: LimitsSettings, backing: Backing, *,
+        on_refusal: RefusalHook = _ignore_refusal, on_usage: UsageHook = _ignore_usage,
+    ) -> None:
+        self.settings = settings
+        self.backing = backing
+        self._on_refusal = on_refusal
+        self._on_usage = on_usage
+        self._exempt_ids = frozenset(settings.exempt_callers)
+        self._exempt_kinds = frozenset(settings.exempt_kinds)
+        self._default = self._policy("*", EndpointLimits())
+        self._endpoints = {
+            name: self._policy(name, override) for name, override in settings.endpoints.items()
+        }
+        # Status calls name the app, not the endpoint, so they release slots whenever any
+        # endpoint may have taken one.
+        self._slots_used = any(
+            p.concurrency > 0 for p in (self._default, *self._endpoints.values()))
+
+    def _policy(self, scope: str, override: EndpointLimits) -> Policy:
+        s = self.settings
+
+        def budget(name: str, spec: str | None, default: str, fail: str, *, cost: bool = False
+                   ) -> Budget | None:
+            if spec is None:
+                return make_budget(name, default, "*", cost=cost, fail_open=fail == "open")
+            return make_budget(name, spec, scope, cost=cost, fail_open=fail == "open")
+
+        return Policy(
+            submit=budget("submit", override.submit, s.submit, s.fail_submit),
+            cost=budget("cost", override.cost, s.cost, s.fail_cost, cost=True),
+            polling=budget("polling", override.polling, s.polling, s.fail_polling),
+            global_cost=make_budget("global", s.global_cost, "*", cost=True,
+                                    fail_open=s.fail_global == "open", per_caller=False),
+            concurrency=s.concurrency if override.concurrency is None else override.concurrency,
+            cost_function=resolve_cost_function(override.cost_function or s.cost_function),
+        )
+
+    def policy_for(self, target: Target) -> Policy:
+        endpoints = self._endpoints
+        if endpoints:
+            for key in (target.endpoint_id, target.app_id):
+                if key and key in endpoints:
+                    return endpoints[key]
+        return self._default
+
+    # -- the stage ------------------------------------------------------------------------
+
+    async def charge(self, request: ProxyRequest) -> None:
+        caller = request.caller
+        caller_id = caller.id if caller is not None else f"ip:{request.client_host}"
+        exempt = caller is not None and (
+            caller.id in self._exempt_ids or caller.kind in self._exempt_kinds)
+        policy = self.policy_for(request.target)
+        if request.target.operation in BILLED:
+            await self._charge_billed(request, caller_id, policy, exempt)
+        else:
+            await self._charge_polling(request, caller_id, policy, exempt)
+
+    async def _charge_billed(
+        self, request: ProxyRequest, caller: str, policy: Policy, exempt: bool
+    ) -> None:
+        data = request.json if request.json is not None else parse_input(request.body)
+        cost = float(policy.cost_function(data))
+        charge = _Charge(caller, cost, requested_images(data), exempt, policy)
+        windows: list[Window] = []
+        pending = 0
+        if not exempt:
+            for budget in (policy.cost, policy.global_cost):
+                if budget is not None:
+                    pending = budget.units(cost)
+                    windows += await self._test(budget, caller, pending)
+            if policy.concurrency > 0:
+                charge.slot = await self._reserve(caller, policy.concurrency)
+            if policy.submit is not None:
+                try:
+                    windows += await self._hit(policy.submit, caller, 1)
+                except BaseException:
+                    await self._release(caller, charge.slot)
+                    raise
+        request.notes["limits"] = charge
+        request.response_headers.extend(rate_limit_headers(windows, pending))
+        request.settle_hooks.append(self._settle_billed)
+        if request.target.operation is Operation.SUBMIT:
+            # First in line, so it sees fal's own request id before any filter rewrites it.
+            request.response_filters.insert(0, self._capture_request_id)
+
+    async def _charge_polling(
+        self, request: ProxyRequest, caller: str, policy: Policy, exempt: bool
+    ) -> None:
+        if not exempt and policy.polling is not None:
+            windows = await self._hit(policy.polling, caller, 1)
+            request.response_headers.extend(rate_limit_headers(windows))
+        op = request.target.operation
+        if exempt or not self._slots_used or not request.target.request_id:
+            return
+        request.notes["limits"] = caller
+        if op is Operation.STATUS:
+            request.response_filters.insert(0, self._watch_status)
+        elif op in (Operation.RESULT, Operation.CANCEL, Operation.STATUS_STREAM):
+            request.settle_hooks.append(self._settle_polling)
+
+    # -- budget primitives (each guarded by the budget's fail mode) ------------------------
+
+    def _limiter_for(self, budget: Budget) -> RateLimiter:
+        return self.backing.cost_limiter if budget.scale > 1 else self.backing.limiter
+
+    async def _guarded(self, name: str, fail_open: bool, call: Awaitable[T]) -> T | None:
+        try:
+            return await call
+        except STORE_ERRORS as exc:
+            _LOG.warning("limits store unavailable (%s budget, failing %s): %s",
+                         name, "open" if fail_open else "closed", exc)
+            if fail_open:
+                return None
+            self._on_refusal(name, "unavailable")
+            raise ProxyError(
+                503, f"Requests are paused: the rate-limit store is unavailable, so the {name} "
+                "limit cannot be checked. Try again shortly.",
+                error_type="limits_unavailable", headers={"retry-after": "5"},
+            ) from None
+
+    async def _test(self, budget: Budget, caller: str, amount: int) -> list[Window]:
+        async def run() -> list[Window]:
+            out = []
+            for item in budget.items:
+                state = await window(self._limiter_for(budget), budget, item, caller)
+                if state.remaining < amount:
+                    self._on_refusal(budget.name, "exceeded")
+                    raise refusal(state)
+                out.append(state)
+            return out
+
+        return await self._guarded(budget.name, budget.fail_open, run()) or []
+
+    async def _hit(self, budget: Budget, caller: str, amount: int) -> list[Window]:
+        async def run() -> list[Window]:
+            out = []
+            for item in budget.items:
+                ok = await self._limiter_for(budget).hit(item, *budget.key(caller), cost=amount)
+                state = await window(self._limiter_for(budget), budget, item, caller)
+                if not ok:
+                    self._on_refusal(budget.name, "exceeded")
+                    raise refusal(state)
+                out.append(state)
+            return out
+
+        return await self._guarded(budget.name, budget.fail_open, run()) or []
+
+    async def _reserve(self, caller: str, limit: int) -> str | None:
+        slot = f"pending:{uuid.uuid4().hex}"
+        fail_open = self.settings.fail_concurrency == "open"
+        got = await self._guarded("concurrency", fail_open,
+                                  self.backing.slots.acquire(caller, slot, limit))
+        if got is None:
+            return None
+        ok, in_flight, expires = got
+        if not ok:
+            self._on_refusal("concurrency", "exceeded")
+            raise ProxyError(
+                429, f"Rate limit exceeded: concurrency limit of {limit} requests in flight "
+                f"(you have {in_flight}); a slot frees when one of them completes or is "
+                f"cancelled (at the latest in {max(1, int(expires))} s)",
+                error_type="rate_limited", headers={"retry-after": "1"},
+                extra={"limit": {"budget": "concurrency", "policy": f"{limit} in flight",
+                                 "reset": 1, "in_flight": in_flight}},
+            )
+        return slot
+
+    async def _release(self, caller: str, slot: str | None) -> None:
+        if slot is None:
+            return
+        try:
+            await self.backing.slots.release(caller, slot)
+        except STORE_ERRORS as exc:  # it expires by itself
+            _LOG.warning("could not release a concurrency slot: %s", exc)
+
+    # -- settlement ------------------------------------------------------------------------
+
+    async def _capture_request_id(self, request: ProxyRequest, status: int, body: bytes
+                                  ) -> bytes:
+        charge: _Charge = request.notes["limits"]
+        if 200 <= status < 300:
+            try:
+                request_id = json.loads(body).get("request_id")
+            except (ValueError, AttributeError):
+                request_id = None
+            if isinstance(request_id, str) and request_id:
+                charge.request_id = request_id
+        return body
+
+    async def _settle_billed(self, request: ProxyRequest, outcome: Outcome) -> None:
+        charge: _Charge = request.notes["limits"]
+        try:
+            if outcome.upstream_succeeded:
+                await self._consume(charge)
+                self._on_usage(request, charge.images, charge.cost)
+                if self.settings.usage:
+                    await self.backing.usage.record(charge.caller, charge.images, charge.cost)
+            if charge.slot is None:
+                return
+            queued = request.target.operation is Operation.SUBMIT and outcome.upstream_succeeded
+            if queued and charge.request_id:
+                await self.backing.slots.rename(charge.caller, charge.slot,
+                                                f"job:{charge.request_id}")
+            elif not queued:
+                await self.backing.slots.release(charge.caller, charge.slot)
+        except STORE_ERRORS as exc:
+            _LOG.warning("limits store unavailable while settling a request: %s", exc)
+
+    async def _consume(self, charge: _Charge) -> None:
+        if charge.exempt:
+            return
+        for budget in (charge.policy.cost, charge.policy.global_cost):
+            if budget is None:
+                continue
+            amount = budget.units(charge.cost)
+            for item in budget.items:
+                # May refuse when concurrent requests overshot together; see module docstring.
+                await self.backing.cost_limiter.hit(item, *budget.key(charge.caller),
+                                                    cost=amount)
+
+    async def _watch_status(self, request: ProxyRequest, status: int, body: bytes) -> bytes:
+        if status == 200 and b"COMPLETED" in body:
+            try:
+                done = json.loads(body).get("status") == "COMPLETED"
+            except (ValueError, AttributeError):
+                done = False
+            if done:
+                await self._release_job(request)
+        return body
+
+    async def _settle_polling(self, request: ProxyRequest, outcome: Outcome) -> None:
+        op = request.target.operation
+        up = outcome.upstream_status
+        if up is None:
+            return
+        if op is Operation.STATUS_STREAM:
+            ended = outcome.streamed and outcome.error is None  # fal closes after COMPLETED
+        elif op is Operation.CANCEL:
+            ended = 200 <= up < 300 or up in (400, 404)  # requested, ALREADY_COMPLETED, gone
+        else:  # RESULT: any answer but "still in progress" means the job is over
+            ended = up not in (202, 400, 401, 403, 429)
+        if ended:
+            await self._release_job(request)
+
+    async def _release_job(self, request: ProxyRequest) -> None:
+        caller: Any = request.notes.get("limits")
+        request_id = request.target.request_id
+        if isinstance(caller, str) and request_id:
+            await self._release(caller, f"job:{request_id}")
