@@ -77,6 +77,10 @@ def chain(*stages: Stage) -> Stage:
     return run
 
 
+async def _no_check(request: ProxyRequest) -> None:
+    return None
+
+
 def _signing_secrets(settings: Settings) -> list[str]:
     """identity.secrets; without them a random per-process key (ids die with the process)."""
     if settings.identity.secrets:
@@ -100,7 +104,10 @@ def build_stages(settings: Settings, services: Services | None = None) -> Stages
     policy = settings.policy
     allowlist = Allowlist(policy.allow, uploads=policy.allow_uploads)
     tokens = TokenPolicy(policy.tokens, allowlist)
-    ownership = Ownership(_signing_secrets(settings), settings.identity.request_id_ttl)
+    ownership: Stage = (
+        Ownership(_signing_secrets(settings), settings.identity.request_id_ttl)
+        if policy.ownership else _no_check
+    )
     csrf = CsrfGuard(policy.cors.origins, host_user=settings.identity.csrf_host_user)
     return Stages(
         identify=build_identify(_identity(settings)),

@@ -114,3 +114,16 @@ def test_real_client_ownership(fake_fal: FakeFal) -> None:
         mine = run_flow("cancel", url, request_id=rid, credentials=alice)
         assert mine["ok"], mine
         assert fake_fal.jobs[fal_id(rid)].cancelled_at is not None
+
+
+def test_ownership_can_be_turned_off_for_single_tenant_set_ups(fake_fal: FakeFal) -> None:
+    settings = proxy_settings(fake_fal, policy={"ownership": False})
+    with running_proxy(settings) as server:
+        url = proxy_url(server, settings)
+        submitted = httpx.post(url, content=b'{"prompt":"x"}', headers={
+            "x-fal-target-url": "https://queue.fal.run/fal-ai/flux/dev"}).json()
+        rid = submitted["request_id"]
+        assert rid in fake_fal.jobs  # fal's own id, unsigned
+        status = httpx.get(url, headers={
+            "x-fal-target-url": f"https://queue.fal.run/fal-ai/flux/requests/{rid}/status"})
+        assert status.status_code in (200, 202)

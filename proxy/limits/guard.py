@@ -34,7 +34,7 @@ from ..target import Operation, Target
 from .budgets import Budget, Window, make_budget, rate_limit_headers, refusal, window
 from .cost import CostFunction, parse_input, requested_images, resolve_cost_function
 from .settings import EndpointLimits, LimitsSettings
-from .store import STORE_ERRORS, Backing
+from .store import Backing
 
 __all__ = ["BILLED", "LimitsGuard", "Policy"]
 
@@ -189,7 +189,7 @@ class LimitsGuard:
     async def _guarded(self, name: str, fail_open: bool, call: Awaitable[T]) -> T | None:
         try:
             return await call
-        except STORE_ERRORS as exc:
+        except self.backing.errors as exc:
             _LOG.warning("limits store unavailable (%s budget, failing %s): %s",
                          name, "open" if fail_open else "closed", exc)
             if fail_open:
@@ -253,7 +253,7 @@ class LimitsGuard:
             return
         try:
             await self.backing.slots.release(caller, slot)
-        except STORE_ERRORS as exc:  # it expires by itself
+        except self.backing.errors as exc:  # it expires by itself
             _LOG.warning("could not release a concurrency slot: %s", exc)
 
     # -- settlement ------------------------------------------------------------------------
@@ -286,7 +286,7 @@ class LimitsGuard:
                                                 f"job:{charge.request_id}")
             elif not queued:
                 await self.backing.slots.release(charge.caller, charge.slot)
-        except STORE_ERRORS as exc:
+        except self.backing.errors as exc:
             _LOG.warning("limits store unavailable while settling a request: %s", exc)
 
     async def _consume(self, charge: _Charge) -> None:

@@ -12,28 +12,26 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import (
     MovingWindowRateLimiter,
     RateLimiter,
     SlidingWindowCounterRateLimiter,
 )
 from limits.errors import StorageError
-from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
-from .batching import BatchingRedis
 from .settings import LimitsSettings
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 __all__ = ["STORE_ERRORS", "Backing", "DayUsage", "Slots", "Usage", "open_backing", "today"]
 
-STORE_ERRORS: tuple[type[BaseException], ...] = (
-    StorageError, RedisError, OSError, asyncio.TimeoutError,
-)
+# What a failing store raises, without importing redis (slow to import) for memory set-ups:
+# a Redis store's `Backing.errors` adds redis-py's RedisError.
+STORE_ERRORS: tuple[type[BaseException], ...] = (StorageError, OSError, asyncio.TimeoutError)
 
 
 def today(now: float | None = None) -> str:
@@ -130,86 +128,6 @@ class _MemoryUsage:
 
 
 # Server time, so several hosts agree on expiries whatever their clocks say.
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local n = redis.call('ZCARD', KEYS[1])
-local limit = tonumber(ARGV[1])
-if limit > 0 and n >= limit then
-  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return {0, n, tostring(tonumber(first[2]) - now)}
-end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
-redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])) + 1)
-return {1, n + 1, ARGV[2]}
-"""
-_RENAME = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
-  redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3])) + 1)
-end
-return 1
-"""
-
-
-class _RedisSlots:
-    def __init__(self, redis: Redis, prefix: str, expiry: float) -> None:
-        self._redis = redis
-        self._prefix = f"{prefix}:inflight:"
-        self._expiry = expiry
-        self._acquire = redis.register_script(_ACQUIRE)
-        self._rename = redis.register_script(_RENAME)
-
-    async def acquire(self, caller: str, member: str, limit: int) -> tuple[bool, int, float]:
-        ok, n, wait = await self._acquire(
-            keys=[self._prefix + caller], args=[limit, self._expiry, member]
-        )
-        return bool(ok), int(n), float(wait)
-
-    async def rename(self, caller: str, old: str, new: str) -> None:
-        await self._rename(keys=[self._prefix + caller], args=[old, new, self._expiry])
-
-    async def release(self, caller: str, member: str) -> bool:
-        return bool(await self._redis.zrem(self._prefix + caller, member))
-
-
-class _RedisUsage:
-    def __init__(self, redis: Redis, prefix: str, retention_days: int) -> None:
-        self._redis = redis
-        self._prefix = f"{prefix}:usage:"
-        self._ttl = retention_days * 86400 + 86400
-
-    async def record(self, caller: str, images: int, cost: float) -> None:
-        day = today()
-        key = f"{self._prefix}{day}:{caller}"
-        members = f"{self._prefix}{day}"
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hincrby(key, "requests", 1)
-        pipe.hincrby(key, "images", images)
-        pipe.hincrbyfloat(key, "cost", cost)
-        pipe.expire(key, self._ttl)
-        pipe.sadd(members, caller)
-        pipe.expire(members, self._ttl)
-        await pipe.execute()
-
-    async def read(self, days: list[str], caller: str | None = None) -> list[DayUsage]:
-        out: list[DayUsage] = []
-        for day in days:
-            members: Any = await self._redis.smembers(f"{self._prefix}{day}")  # type: ignore[misc]
-            callers = [caller] if caller is not None else sorted(m.decode() for m in members)
-            for who in callers:
-                raw: Any = await self._redis.hgetall(  # type: ignore[misc]
-                    f"{self._prefix}{day}:{who}")
-                if raw:
-                    out.append(DayUsage(day, who, int(raw.get(b"requests", 0)),
-                                        int(raw.get(b"images", 0)),
-                                        round(float(raw.get(b"cost", 0)), 4)))
-        return out
-
-
 @dataclass(slots=True)
 class Backing:
     """The storage behind every budget: a `limits` strategy, slots and usage."""
@@ -222,6 +140,7 @@ class Backing:
     storage: Storage
     redis: Redis | None = None
     timeout: float = 0.5
+    errors: tuple[type[BaseException], ...] = STORE_ERRORS
 
     async def ping(self) -> bool:
         """True when the store answers (always, in memory)."""
@@ -229,7 +148,7 @@ class Backing:
             return True
         try:
             return bool(await asyncio.wait_for(self.redis.ping(), self.timeout))
-        except STORE_ERRORS:
+        except self.errors:
             return False
 
     async def aclose(self) -> None:
@@ -237,7 +156,7 @@ class Backing:
             await self.redis.aclose(close_connection_pool=True)
 
 
-def _strategy(name: str, storage: Storage) -> RateLimiter:
+def strategy(name: str, storage: Storage) -> RateLimiter:
     if name == "sliding-window":
         return SlidingWindowCounterRateLimiter(storage)
     return MovingWindowRateLimiter(storage)
@@ -245,45 +164,14 @@ def _strategy(name: str, storage: Storage) -> RateLimiter:
 
 def open_backing(settings: LimitsSettings) -> Backing:
     """Build the store for `settings.storage`. Connects lazily, on first use."""
-    prefix = settings.key_prefix
     if not settings.uses_redis:
         storage: Storage = MemoryStorage()
-        return Backing("memory", _strategy(settings.strategy, storage),
-                       _strategy(settings.cost_strategy, storage),
+        return Backing("memory", strategy(settings.strategy, storage),
+                       strategy(settings.cost_strategy, storage),
                        _MemorySlots(settings.concurrency_expiry), _MemoryUsage(), storage)
-    options: dict[str, Any] = {
-        "socket_timeout": settings.redis_timeout,
-        "socket_connect_timeout": settings.redis_timeout,
-        "retry": Retry(NoBackoff(), 0),  # fail fast; the next request tries again
-        "max_connections": 256,
-    }
-    if settings.redis_password:
-        options["password"] = str(settings.redis_password)
-    pool = ConnectionPool.from_url(settings.storage, **options)
-    redis = BatchingRedis(pool)
-    shared: dict[str, Any] = {"connection_pool": pool}  # one pool for limits and our counters
-    storage = RedisStorage(
-        "async+" + settings.storage, implementation="redispy", wrap_exceptions=True,
-        key_prefix=f"{prefix}:limits", **shared,
-    )
-    _batch_limits_commands(storage, redis)
-    return Backing(
-        "redis", _strategy(settings.strategy, storage),
-        _strategy(settings.cost_strategy, storage),
-        _RedisSlots(redis, prefix, settings.concurrency_expiry),
-        _RedisUsage(redis, prefix, settings.usage_retention_days),
-        storage, redis, settings.redis_timeout,
-    )
+    from .redis_store import open_redis_backing  # imported only when Redis is configured
 
-
-def _batch_limits_commands(storage: RedisStorage, redis: Redis) -> None:
-    """Let `limits` send through the batching client too (limits 5.x's redis-py bridge)."""
-    bridge: Any = getattr(storage, "bridge", None)
-    if bridge is None or not hasattr(bridge, "register_scripts"):
-        return  # another limits layout: it keeps its own client, which is only slower
-    bridge.storage = redis
-    bridge.connection_getter = lambda _readonly: redis
-    bridge.register_scripts()
+    return open_redis_backing(settings)
 
 
 def recent_days(count: int, now: float | None = None) -> list[str]:

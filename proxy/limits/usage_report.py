@@ -8,7 +8,7 @@ import json
 import sys
 
 from ..settings import Settings
-from .store import STORE_ERRORS, DayUsage, open_backing, recent_days
+from .store import DayUsage, open_backing, recent_days
 
 __all__ = ["print_usage", "read_usage"]
 
@@ -30,7 +30,7 @@ def print_usage(settings: Settings, *, user: str | None, days: int, as_json: boo
         return 1
     try:
         rows = asyncio.run(read_usage(settings, user, max(1, days)))
-    except STORE_ERRORS as exc:
+    except Exception as exc:  # the store's errors (redis-py's among them): report, exit 1
         print(f"flux-proxy: cannot read usage from {settings.limits.storage}: {exc}",
               file=sys.stderr)
         return 1

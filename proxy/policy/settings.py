@@ -90,6 +90,9 @@ class PolicySettings:
     # Glob patterns over endpoint ids (`*` also crosses '/'); applies to every operation.
     allow: tuple[str, ...] = (DEFAULT_ENDPOINT,)
     allow_uploads: bool = False  # storage initiate (the fal client's auto-upload of Blobs)
+    # Bind request ids to their submitter (signed ids). Turn off only where every caller may
+    # see every request (one trusted tenant, load tests that replay fixed ids).
+    ownership: bool = True
     # Input rules by endpoint id or glob: an exact key wins, else the first matching glob;
     # endpoints matching none get the defaults.
     inputs: dict[str, InputPolicy] = field(

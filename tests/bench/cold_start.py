@@ -68,7 +68,10 @@ def main() -> int:
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     env = {**os.environ, "FAL_KEY": "bench-key",
-           "FLUX_PROXY_UPSTREAM_QUEUE": f"http://127.0.0.1:{upstream.server_port}"}
+           "FLUX_PROXY_UPSTREAM_QUEUE": f"http://127.0.0.1:{upstream.server_port}",
+           # anonymous callers known by address; the polled id is fal's own (no ownership)
+           "FLUX_PROXY__IDENTITY__RESOLVERS": '["address"]',
+           "FLUX_PROXY__POLICY__OWNERSHIP": "false",}
     times = []
     for i in range(args.runs):
         port = 18300 + i

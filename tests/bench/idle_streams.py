@@ -182,7 +182,10 @@ def main() -> int:
     env = {**os.environ, "FAL_KEY": "bench-key",
            "FLUX_PROXY_UPSTREAM_QUEUE": f"http://127.0.0.1:{up_port}",
            "FLUX_PROXY__LOG__ACCESS": "false", "FLUX_PROXY__UPSTREAM__POOL_SIZE": "20000",
-           "FLUX_PROXY__LIMITS__ENABLED": "false"}  # thousands of streams from one address
+           "FLUX_PROXY__LIMITS__ENABLED": "false",
+           # anonymous callers known by address; the ids below are fal's own (no ownership)
+           "FLUX_PROXY__IDENTITY__RESOLVERS": '["address"]',
+           "FLUX_PROXY__POLICY__OWNERSHIP": "false",}  # thousands of streams from one address
     upstream = subprocess.Popen([sys.executable, __file__, "--role", "upstream",
                                  "--port", str(up_port)])
     proxy = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--port", str(px_port)],

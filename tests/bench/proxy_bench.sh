@@ -35,8 +35,13 @@ export FAL_KEY=bench-key
 export FLUX_PROXY_UPSTREAM_QUEUE=http://127.0.0.1:18081
 export FLUX_PROXY_UPSTREAM_RUN=http://127.0.0.1:18082
 # wrk sends everything from one address, which the default per-caller limits would refuse;
-# limits are measured on their own by tests/bench/limits_bench.sh.
+# limits are measured on their own by tests/bench/guards_bench.sh.
 export FLUX_PROXY__LIMITS__ENABLED=${FLUX_PROXY__LIMITS__ENABLED:-false}
+# The harness sends no credentials and replays one fixed fal request id: callers are known by
+# address and ownership (signed ids) is off. guards_bench.sh measures the guards' cost.
+export FLUX_PROXY__IDENTITY__RESOLVERS=${FLUX_PROXY__IDENTITY__RESOLVERS:-'["address"]'}
+export FLUX_PROXY__IDENTITY__SECRETS=${FLUX_PROXY__IDENTITY__SECRETS:-'["bench-signing-secret-0123456789"]'}
+export FLUX_PROXY__POLICY__OWNERSHIP=${FLUX_PROXY__POLICY__OWNERSHIP:-false}
 ARGS=(serve --host 127.0.0.1 --port "$PORT" --workers "$WORKERS")
 [[ -n $CONFIG ]] && ARGS+=(--config "$CONFIG")
 "${PIN[@]}" python3 -m proxy.cli "${ARGS[@]}" >"$LOG" 2>&1 &
