@@ -291,3 +291,21 @@ def test_client_address_from_trusted_proxies(peer: str, headers: list[tuple[byte
     request = ProxyRequest(scope={"client": (peer, 5000)}, method="GET", headers=headers,
                            target=parse_target("https://fal.run/fal-ai/flux/dev", "POST"))
     assert client_address(request, TRUSTED) == expected
+
+
+def test_token_verifier_remembers_tokens_but_not_past_their_expiry() -> None:
+    from proxy.identity.tokens import TokenError, TokenVerifier
+
+    secrets = ["verifier-secret-0123456789"]
+    verifier = TokenVerifier(secrets, max_ttl=3600, cache_size=2)
+    short = issue_token("alice", 1.5, secrets)
+    assert verifier.verify(short) == "alice"
+    assert verifier.verify(short) == "alice"  # remembered
+    time.sleep(1.6)
+    with pytest.raises(TokenError, match="expired"):
+        verifier.verify(short)
+    with pytest.raises(TokenError, match="invalid"):
+        verifier.verify(short[:-2] + "xx")
+    for user in ("a", "b", "c"):  # the cache stays bounded
+        assert verifier.verify(issue_token(user, 60, secrets)) == user
+    assert len(verifier._cache) <= 2

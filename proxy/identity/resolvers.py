@@ -12,7 +12,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from ..context import Caller, ProxyRequest
 from ..errors import ProxyError
 from .settings import IdentitySettings
-from .tokens import SALT_COOKIE, TokenError, serializer, verify_token
+from .tokens import SALT_COOKIE, TokenError, TokenVerifier, serializer
 
 __all__ = ["Resolver", "build_identify", "client_address"]
 
@@ -99,6 +99,7 @@ class _Chain:
             "address": self.address,
         }
         self._resolvers = [table[name] for name in settings.resolvers]
+        self._tokens = TokenVerifier(settings.secrets or ["unused"], settings.max_token_ttl)
         self._anonymous = any(n in ("cookie", "address") for n in settings.resolvers)
 
     async def __call__(self, request: ProxyRequest) -> None:
@@ -135,7 +136,7 @@ class _Chain:
         if scheme not in ("bearer", "key") or not token:
             return None
         try:
-            user = verify_token(token, self._settings.secrets, self._settings.max_token_ttl)
+            user = self._tokens.verify(token)
         except TokenError as exc:
             if scheme == "key" and exc.reason == "invalid":
                 return None  # a fal key pasted into the client: ignored, never forwarded

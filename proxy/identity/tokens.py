@@ -97,6 +97,47 @@ def verify_token(token: str, secrets: SecretsLike, max_ttl: float) -> str:
     return user
 
 
+class TokenVerifier:
+    """`verify_token` for one set of secrets, remembering tokens it already verified.
+
+    The browser sends the same token on every status poll; checking the HMAC and decoding it
+    each time cost more than the rest of the guards together. A remembered token is still
+    refused the moment it expires (its own expiry or `max_ttl` after signing).
+    """
+
+    def __init__(self, secrets: SecretsLike, max_ttl: float, cache_size: int = 4096) -> None:
+        self._serializer = serializer(secrets, SALT_BEARER)
+        self._max_ttl = max_ttl
+        self._cache: dict[str, tuple[str, float]] = {}  # token -> (user, valid until)
+        self._cache_size = cache_size
+
+    def verify(self, token: str) -> str:
+        hit = self._cache.get(token)
+        now = time.time()
+        if hit is not None:
+            if now < hit[1]:
+                return hit[0]
+            del self._cache[token]
+            raise TokenError("expired")
+        try:
+            data, signed = self._serializer.loads(
+                token, max_age=int(self._max_ttl), return_timestamp=True)
+        except SignatureExpired:
+            raise TokenError("expired") from None
+        except BadSignature:
+            raise TokenError("invalid") from None
+        if not isinstance(data, dict) or not isinstance(data.get("u"), str):
+            raise TokenError("invalid")
+        exp = data.get("e")
+        if not isinstance(exp, int) or exp <= now:
+            raise TokenError("expired")
+        if len(self._cache) >= self._cache_size:
+            self._cache.pop(next(iter(self._cache)))  # oldest first
+        self._cache[token] = (data["u"], min(float(exp), signed.timestamp() + self._max_ttl))
+        user: str = data["u"]
+        return user
+
+
 _TTL = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 

@@ -97,6 +97,7 @@ class LimitsGuard:
         # endpoint may have taken one.
         self._slots_used = any(
             p.concurrency > 0 for p in (self._default, *self._endpoints.values()))
+        self._released: dict[tuple[str, str], None] = {}  # recently released jobs, oldest first
 
     def _policy(self, scope: str, override: EndpointLimits) -> Policy:
         s = self.settings
@@ -329,4 +330,12 @@ class LimitsGuard:
         caller: Any = request.notes.get("limits")
         request_id = request.target.request_id
         if isinstance(caller, str) and request_id:
+            # A finished job keeps answering COMPLETED to every poll: release its slot once
+            # per process, not once per poll (a store round trip each time).
+            key = (caller, request_id)
+            if key in self._released:
+                return
+            if len(self._released) >= 4096:
+                self._released.pop(next(iter(self._released)))
+            self._released[key] = None
             await self._release(caller, f"job:{request_id}")
