@@ -216,10 +216,9 @@ def test_run_stream_and_disconnect(fake_fal: FakeFal, client: httpx.Client) -> N
         for line in resp.iter_lines():
             if line.startswith("data:"):
                 break
-        assert fake_fal.wait_for(lambda: fake_fal.streams_open == 1, timeout=3)
     # leaving the block closes the connection -> the fake sees http.disconnect
-    fake_fal.wait_for(lambda: fake_fal.stream_disconnects == 1, timeout=3)
-    assert fake_fal.streams_open == 0
+    assert fake_fal.wait_for(lambda: fake_fal.stream_disconnects == 1, timeout=5)
+    assert fake_fal.wait_for(lambda: fake_fal.streams_open == 0, timeout=5)
 
 
 def test_slow_endpoint_disconnect(fake_fal: FakeFal) -> None:
