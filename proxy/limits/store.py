@@ -8,6 +8,7 @@ Redis call that fails or takes longer than `redis_timeout` raises one of `STORE_
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -36,7 +37,13 @@ STORE_ERRORS: tuple[type[BaseException], ...] = (StorageError, OSError, asyncio.
 
 def today(now: float | None = None) -> str:
     """The accounting day (UTC) as YYYY-MM-DD."""
-    return datetime.fromtimestamp(time.time() if now is None else now, UTC).strftime("%Y-%m-%d")
+    return _day_of(int(time.time() if now is None else now) // 86400)
+
+
+@functools.lru_cache(maxsize=8)
+def _day_of(day_number: int) -> str:
+    # Called for every billed request: format each day once, not once per request.
+    return datetime.fromtimestamp(day_number * 86400, UTC).strftime("%Y-%m-%d")
 
 
 @dataclass(slots=True)

@@ -1,0 +1,136 @@
+"""CPU time per proxied request, guards off vs on: a cost figure that noise cannot move much.
+
+    python3 tests/bench/cpu_per_request.py [--seconds 5] [--redis]
+
+On a shared machine req/s swings by +-20% between runs, but the CPU seconds a proxy process
+burns per request it serves barely do. This starts the shared harness's fake queue upstream
+(nginx on :18081), then each proxy configuration in turn (pinned to CPU 0, wrk on CPU 1,
+64 connections), and reports req/s and CPU microseconds per request (user+system of the proxy
+process, from /proc) for the submit and status scenarios, with each figure's ratio to
+guards-off. Not a test: it prints figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT.parent / "shared" / "bench"
+SECRET = "bench-signing-secret-0123456789"
+LIMITS = """submit = "100000000/hour"
+cost = "100000000/hour"
+global_cost = "100000000/day"
+polling = "100000000/hour"
+concurrency = 100000000
+strategy = "sliding-window"
+"""
+STATUS = ("https://queue.fal.run/fal-ai/flux/requests/"
+          "2b5e4c1a-7d3f-4e8b-9a61-0c4f2d8e9b17/status")
+SUBMIT = "https://queue.fal.run/fal-ai/flux/dev"
+BODY = (BENCH / "wrk" / "bodies" / "submit.json")
+
+
+def _config(resolvers: str, limits: str) -> str:
+    return (f'[log]\naccess = false\n[identity]\nresolvers = {resolvers}\n'
+            f'secrets = ["{SECRET}"]\n[policy]\nownership = false\n[limits]\n{limits}')
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _wrk(seconds: int, target: str, token: str, lua: Path | None, port: int
+         ) -> tuple[float, int]:
+    cmd = ["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{seconds}s",
+           "-H", f"x-fal-target-url: {target}", "-H", f"authorization: Bearer {token}"]
+    if lua is not None:
+        cmd += ["-s", str(lua)]
+    out = subprocess.run([*cmd, f"http://127.0.0.1:{port}/api/fal/proxy"], capture_output=True,
+                         text=True, timeout=seconds + 30, check=True).stdout
+    if "Non-2xx" in out:
+        raise RuntimeError(f"errors during the run:\n{out}")
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    count = re.search(r"(\d+) requests in", out)
+    return (float(rps.group(1)) if rps else 0.0), (int(count.group(1)) if count else 0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--redis", action="store_true", help="also guards with Redis limits")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        print("wrk is missing: apt-get install wrk", file=sys.stderr)
+        return 1
+    work = Path(tempfile.mkdtemp(prefix="flux-cpu-bench."))
+    lua = work / "submit.lua"
+    lua.write_text('wrk.method = "POST"\nwrk.headers["content-type"] = "application/json"\n'
+                   f"wrk.body = [[{BODY.read_text().strip()}]]\n")
+    configs = {"guards-off": _config('["address"]', "enabled = false\n"),
+               "guards-memory": _config('["bearer"]', LIMITS)}
+    procs: list[subprocess.Popen[bytes]] = []
+    redis_port = 18399
+    if args.redis:
+        procs.append(subprocess.Popen(
+            ["taskset", "-c", "0", "redis-server", "--port", str(redis_port), "--save", "",
+             "--appendonly", "no", "--dir", str(work)], stdout=subprocess.DEVNULL))
+        configs["guards-redis"] = _config(
+            '["bearer"]', LIMITS + f'storage = "redis://127.0.0.1:{redis_port}/0"\n')
+    procs.append(subprocess.Popen(["bash", str(BENCH / "upstream" / "start.sh")],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    rows = []
+    try:
+        time.sleep(1.0)
+        for name, text in configs.items():
+            cfg = work / f"{name}.toml"
+            cfg.write_text(text)
+            token = subprocess.run(
+                [sys.executable, "-m", "proxy.cli", "token", "issue", "--user", "bench",
+                 "--config", str(cfg)], capture_output=True, text=True, check=True, cwd=ROOT,
+            ).stdout.strip()
+            port = 18150
+            env = {**os.environ, "FAL_KEY": "bench-key",
+                   "FLUX_PROXY_UPSTREAM_QUEUE": "http://127.0.0.1:18081"}
+            proxy = subprocess.Popen(
+                ["taskset", "-c", "0", sys.executable, "-m", "proxy.cli", "serve", "--port",
+                 str(port), "--config", str(cfg)], env=env, cwd=ROOT,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                time.sleep(2.0)
+                for scenario, target, script in (("submit", SUBMIT, lua),
+                                                 ("status", STATUS, None)):
+                    _wrk(2, target, token, script, port)  # warm-up
+                    cpu0 = _cpu_seconds(proxy.pid)
+                    rps, served = _wrk(args.seconds, target, token, script, port)
+                    cpu = _cpu_seconds(proxy.pid) - cpu0
+                    rows.append((name, scenario, rps, cpu / max(served, 1) * 1e6))
+            finally:
+                proxy.terminate()
+                proxy.wait(10)
+    finally:
+        for proc in procs:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+        subprocess.run(["pkill", "-f", "upstream-nginx"], check=False)
+    base = {s: (rps, us) for n, s, rps, us in rows if n == "guards-off"}
+    print(f"\n{'TARGET':15}{'SCENARIO':10}{'REQ/S':>8}{'CPU us/req':>12}"
+          f"{'req/s vs off':>14}{'CPU vs off':>12}")
+    for name, scenario, rps, us in rows:
+        b_rps, b_us = base[scenario]
+        print(f"{name:15}{scenario:10}{rps:8.0f}{us:12.0f}{rps / b_rps:13.2f}x{us / b_us:11.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
