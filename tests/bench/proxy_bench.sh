@@ -46,14 +46,14 @@ ARGS=(serve --host 127.0.0.1 --port "$PORT" --workers "$WORKERS")
 [[ -n $CONFIG ]] && ARGS+=(--config "$CONFIG")
 "${PIN[@]}" python3 -m proxy.cli "${ARGS[@]}" >"$LOG" 2>&1 &
 PID=$!
-trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null || true' EXIT
+trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
   curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
   sleep 0.1
 done
 curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null || { cat "$LOG"; exit 1; }
 bash "$BENCH/run.sh" --fal-target "ours=http://127.0.0.1:$PORT/api/fal/proxy" "$@"
-kill $PID 2>/dev/null; wait $PID 2>/dev/null || true
+kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true
 if ((EXTRAS)); then
   python3 tests/bench/idle_streams.py
   python3 tests/bench/cold_start.py
