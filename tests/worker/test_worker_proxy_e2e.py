@@ -219,3 +219,70 @@ def test_worker_cli_help_and_model_dir_errors(
     assert main(["worker", "--model", str(incomplete)]) == 2
     err = capsys.readouterr().err
     assert "is incomplete" in err and "vae/" in err and "Traceback" not in err
+
+
+def test_busy_worker_gets_the_job_again_once_free(
+        proxy: str, idle_worker: RunningWorker, spy: Spy) -> None:
+    """Someone else's job on the GPU (503 busy): ours goes back to the queue, then runs."""
+    import threading
+
+    idle_worker.state.settings.step_delay_s = 0.1
+    other = threading.Thread(target=lambda: httpx.post(
+        idle_worker.base_url + "/fal-ai/flux/dev", timeout=30,
+        json={**INPUT, "num_inference_steps": 8}))
+    other.start()
+    try:
+        wait_for(lambda: idle_worker.state.busy)
+        queue = Queue(proxy)
+        rid = queue.submit(INPUT).json()["request_id"]
+        wait_for(lambda: "running on worker gpu0" in _messages(queue.status(rid).json()))
+        idle_worker.state.settings.step_delay_s = 0.0
+        done = queue.wait(rid)
+    finally:
+        other.join(timeout=30)
+    assert "error" not in done, done
+    assert _messages(done).count("running on worker gpu0") >= 2  # refused once, then run
+    assert queue.result(rid).json()["seed"] == INPUT["seed"]
+    assert spy.jobs == 2
+
+
+def test_jobs_wait_until_the_worker_is_ready(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Proxy and worker started together: the first job queues until the model is loaded."""
+    import threading
+
+    from proxy.worker.app import create_app
+    from proxy.worker.pipeline import FluxEngine
+
+    from .helpers import serve, tiny_settings
+
+    gate = threading.Event()
+    generated: list[int] = []
+
+    class GatedEngine(FluxEngine):
+        def load(self) -> None:
+            gate.wait(20)
+            super().load()
+
+        def generate(self, *a: Any, **k: Any) -> Any:
+            generated.append(1)
+            return super().generate(*a, **k)
+
+    ws = tiny_settings(tiny_model_dir)
+    loading = serve(create_app(ws, GatedEngine(ws)))
+    try:
+        settings = local_settings(tmp_path, [{"name": "gpu0", "kind": "http",
+                                              "url": loading.base_url}])
+        with running_proxy(settings) as server:
+            queue = Queue(proxy_url(server, settings))
+            rid = queue.submit(INPUT).json()["request_id"]
+            wait_for(lambda: httpx.get(loading.base_url + "/readyz").status_code == 503)
+            assert queue.status(rid).json()["status"] == "IN_QUEUE"
+            gate.set()
+            done = queue.wait(rid, timeout=30)
+            assert "error" not in done, done
+            assert _messages(done).count("running on worker gpu0") == 1  # never refused
+            assert queue.result(rid).json()["images"][0]["height"] == 64
+        assert len(generated) == 2  # the start-up warm-up, then the job, once
+    finally:
+        gate.set()
+        loading.stop()
