@@ -148,7 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .worker import cli as worker_cli  # argument wiring only; torch loads in run()
 
     worker = sub.add_parser(
-        "worker", help="run a local FLUX.1 [dev] GPU worker (needs the 'gpu' extra)"
+        "worker", help="run a local FLUX.1 [dev] GPU worker (needs the 'gpu' extra)",
+        description="Serve FLUX.1 [dev] from a local diffusers-format directory over the "
+                    "fal-style worker contract; point the proxy's [[local.workers]] at it. "
+                    "Guide and contract: docs/worker.md.",
     )
     worker_cli.add_arguments(worker)
     worker.set_defaults(func=worker_cli.run)

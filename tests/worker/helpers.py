@@ -104,4 +104,5 @@ def idle_worker(worker: RunningWorker) -> Iterator[RunningWorker]:
     yield worker
     settings.step_delay_s = 0.0
     settings.nsfw_checker = None
+    settings.max_side = 2048
     wait_for(lambda: not worker.state.busy)
