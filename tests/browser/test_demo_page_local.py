@@ -103,13 +103,13 @@ def test_generate_shows_progress_logs_and_images_of_the_chosen_size(
     assert int(page.locator("#logs-count").inner_text()) >= 12
     caption = page.locator(".result-group").first.locator("figcaption")
     expect(caption).to_contain_text("seed 42")
-    expect(caption).to_contain_text("512×512")
+    expect(caption).to_contain_text("512\u00d7512")
 
     fill(page, "a red bicycle on a beach", (640, 384), steps=2, seed=7)
     page.click("#generate")
     wait_for_image(page, 640, 384)
     expect(page.locator(".result-group")).to_have_count(2)
-    expect(page.locator(".result-group").first.locator("figcaption")).to_contain_text("640×384")
+    expect(page.locator(".result-group").first.locator("figcaption")).to_contain_text("640\u00d7384")
     screenshot(page, "demo-local-results")
     assert console_errors(page) == []
 
