@@ -140,6 +140,8 @@ def test_rate_limit_says_which_limit_and_when_to_retry(
     settings = demo_settings(tmp_path, 0.0, limits=limits)
     with running_proxy(settings) as server:
         page = open_demo(new_page, server.url, PHONE)
+        submits: list[str] = []
+        page.on("request", lambda r: submits.append(r.url) if r.method == "POST" else None)
         fill(page, "the first one is fine", "square", steps=1, seed=3)
         page.click("#generate")
         wait_for_image(page, 512, 512)
@@ -157,6 +159,8 @@ def test_rate_limit_says_which_limit_and_when_to_retry(
         # Nothing was queued for the refused submit: still one result, no new request id.
         expect(page.locator(".result-group")).to_have_count(1)
         assert page.locator("#request-id").is_hidden()
+        # One refused submit, not the client's three retries: the reset is a minute away.
+        assert len(submits) == 2
         screenshot(page, "demo-local-phone-rate-limit")
 
 
