@@ -73,6 +73,8 @@
   let latestRun = null;
   /** Retry-After (seconds) of the most recent 429 the client saw; ApiError does not carry headers. */
   let lastRetryAfter = null;
+  /** The `limit` object of that 429's body (which budget, when it resets), or null. */
+  let lastRateLimit = null;
 
   // ---------------------------------------------------------------- config & client
 
@@ -92,7 +94,11 @@
     }
   }
 
-  /** fetch used by the fal client: records Retry-After on 429 and ties every request to the latest
+  /** Past this many seconds of Retry-After, a refused submit is not retried: the client's own
+   * retries (about 7 s in all) would only be refused again, and the user waits for nothing. */
+  const GIVE_UP_AFTER_SECONDS = 8;
+
+  /** fetch used by the fal client: records the 429 answer and ties every request to the latest
    * run's abort signal, so a cancelled run's requests still in flight can be dropped. */
   function clientFetch(input, init = {}) {
     const run = latestRun;
@@ -102,15 +108,34 @@
       const signal = !own ? run.abort.signal : AbortSignal.any ? AbortSignal.any([own, run.abort.signal]) : own;
       options = { ...init, signal };
     }
-    return fetch(input, options).then((response) => {
-      if (response.status === 429) {
-        lastRetryAfter = parseRetryAfter(response.headers.get("retry-after"));
-        if (run && run === activeRun && !run.finished && !run.cancelRequested) {
+    return fetch(input, options).then(async (response) => {
+      if (response.status !== 429) return response;
+      // Buffer the body: it says which limit and when it resets, and a copy outlives an abort.
+      const text = await response.text();
+      const copy = new Response(text, { status: 429, statusText: response.statusText, headers: response.headers });
+      lastRetryAfter = parseRetryAfter(response.headers.get("retry-after"));
+      lastRateLimit = parseLimit(text);
+      if (run && run === activeRun && !run.finished && !run.cancelRequested) {
+        const wait = retryAfterSeconds(null);
+        if (!run.requestId && wait != null && wait > GIVE_UP_AFTER_SECONDS) {
+          run.giveUp.abort(); // the client stops retrying and throws this 429
+        } else {
           setStatus("rate-limited", "Rate limited by the proxy — the client is retrying…");
         }
       }
-      return response;
+      return copy;
     });
+  }
+
+  /** The proxy's 429 body: `{"detail", "error_type", "limit": {"budget", "policy", "reset", "reset_at"}}`. */
+  function parseLimit(text) {
+    try {
+      const body = JSON.parse(text);
+      const limit = body && typeof body.limit === "object" && body.limit !== null ? body.limit : null;
+      return limit ? { ...limit, seenAt: Date.now() } : null;
+    } catch (_) {
+      return null;
+    }
   }
 
   function parseRetryAfter(value) {
@@ -246,6 +271,8 @@
     el.error.hidden = true;
     el.error.textContent = "";
     delete el.error.dataset.kind;
+    delete el.error.dataset.retryAfter;
+    delete el.error.dataset.limit;
   }
 
   function showError(kind, title, detail, items) {
@@ -288,13 +315,30 @@
     return "";
   }
 
+  /** Seconds until the caller may retry: the body's own `retry_after`, else the proxy's
+   * `limit.reset` counted from when the 429 arrived (the client may have retried since), else
+   * `limit.reset_at`, else Retry-After, else the "try again in N s" of the detail. */
   function retryAfterSeconds(body) {
-    if (body && Number.isFinite(Number(body.retry_after)) && body.retry_after !== null) {
+    if (body && body.retry_after != null && Number.isFinite(Number(body.retry_after))) {
       return Math.max(0, Math.ceil(Number(body.retry_after)));
     }
+    const limit = lastRateLimit || (body && typeof body.limit === "object" && body.limit !== null ? body.limit : null);
+    if (limit && Number.isFinite(Number(limit.reset)) && limit.seenAt) {
+      return Math.max(1, Math.ceil(Number(limit.reset) - (Date.now() - limit.seenAt) / 1000));
+    }
+    if (limit && Number.isFinite(Number(limit.reset_at))) {
+      return Math.max(1, Math.floor(Number(limit.reset_at) - Date.now() / 1000));
+    }
     if (lastRetryAfter != null) return lastRetryAfter;
-    const match = /retry in (\d+)/i.exec(detailText(body));
+    const match = /(?:retry|try again) in (\d+)/i.exec(detailText(body));
     return match ? Number(match[1]) : null;
+  }
+
+  /** "the submit limit (1 per 1 minute)" from the proxy's `limit`, when it names one. */
+  function limitName(body) {
+    const limit = body && typeof body.limit === "object" && body.limit !== null ? body.limit : lastRateLimit;
+    if (!limit || typeof limit.budget !== "string") return null;
+    return typeof limit.policy === "string" ? `${limit.budget} limit (${limit.policy})` : `${limit.budget} limit`;
   }
 
   function isNetworkError(err) {
@@ -307,8 +351,11 @@
     if (status === 429) {
       const seconds = retryAfterSeconds(body);
       const when = seconds == null ? "later" : `in ${seconds} s`;
-      showError("rate-limit", `Rate limit reached — try again ${when}`, detailText(body));
+      const at = seconds == null ? "" : ` (at ${new Date(Date.now() + seconds * 1000).toLocaleTimeString([], { hour12: false })})`;
+      showError("rate-limit", `Rate limit reached — try again ${when}${at}`, detailText(body));
       if (seconds != null) el.error.dataset.retryAfter = String(seconds);
+      const name = limitName(body);
+      if (name) el.error.dataset.limit = name.split(" ")[0];
       return "Rate limited";
     }
     if (FalLib && err instanceof FalLib.ValidationError) {
@@ -456,11 +503,14 @@
       cancelling: null,
       finished: false,
       abort: new AbortController(),
+      /** Aborted to stop the client retrying a submit the proxy will refuse for a long while. */
+      giveUp: new AbortController(),
       startedAt: performance.now(),
     };
     activeRun = run;
     latestRun = run;
     lastRetryAfter = null;
+    lastRateLimit = null;
     hideError();
     clearInvalid();
     resetLogs();
@@ -479,6 +529,7 @@
         input,
         mode: "streaming",
         logs: true,
+        abortSignal: run.giveUp.signal,
         onEnqueue(requestId) {
           run.requestId = requestId;
           el.requestId.textContent = requestId;
