@@ -13,21 +13,14 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ProxyError
+from ..fal_sizes import DEFAULT_IMAGE_SIZE, IMAGE_SIZES
 
 __all__ = ["CostFunction", "flux_cost", "images_cost", "parse_input", "request_cost",
            "requested_images", "resolve_cost_function"]
 
 CostFunction = Callable[[Any], float]
 
-IMAGE_SIZES: dict[str, tuple[int, int]] = {
-    "square_hd": (1024, 1024),
-    "square": (512, 512),
-    "portrait_4_3": (768, 1024),
-    "portrait_16_9": (576, 1024),
-    "landscape_4_3": (1024, 768),
-    "landscape_16_9": (1024, 576),
-}
-DEFAULT_SIZE = "landscape_4_3"
+DEFAULT_SIZE = DEFAULT_IMAGE_SIZE
 DEFAULT_STEPS = 28
 _MEGAPIXEL = 1024 * 1024
 

@@ -17,19 +17,12 @@ from typing import Any
 
 from ..context import ProxyRequest
 from ..errors import ProxyError
+from ..fal_sizes import IMAGE_SIZES
 from ..target import Operation
 from .settings import InputPolicy
 
 __all__ = ["IMAGE_SIZES", "InputPolice", "parse_json_body"]
 
-IMAGE_SIZES: dict[str, tuple[int, int]] = {
-    "square_hd": (1024, 1024),
-    "square": (512, 512),
-    "portrait_4_3": (768, 1024),
-    "portrait_16_9": (576, 1024),
-    "landscape_4_3": (1024, 768),
-    "landscape_16_9": (1024, 576),
-}
 _JSON_OPS = frozenset({Operation.RUN, Operation.STREAM, Operation.SUBMIT, Operation.TOKEN,
                        Operation.STORAGE_INITIATE, Operation.STORAGE_INITIATE_MULTIPART})
 _MODEL_OPS = frozenset({Operation.RUN, Operation.STREAM, Operation.SUBMIT})

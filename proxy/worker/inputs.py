@@ -11,18 +11,10 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from proxy.fal_sizes import DEFAULT_IMAGE_SIZE, IMAGE_SIZES
+
 OutputFormat = Literal["jpeg", "png"]
 
-#: fal's named sizes as (width, height) in pixels.
-IMAGE_SIZES: dict[str, tuple[int, int]] = {
-    "square_hd": (1024, 1024),
-    "square": (512, 512),
-    "portrait_4_3": (768, 1024),
-    "portrait_16_9": (576, 1024),
-    "landscape_4_3": (1024, 768),
-    "landscape_16_9": (1024, 576),
-}
-DEFAULT_IMAGE_SIZE = "landscape_4_3"
 #: FLUX needs multiples of 16 (VAE factor 8 x 2x2 latent patches).
 SIZE_MULTIPLE = 16
 MIN_SIDE = 16

@@ -5,16 +5,10 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from ...fal_sizes import IMAGE_SIZES
+
 __all__ = ["IMAGE_SIZES", "InputError", "image_size", "normalize_input"]
 
-IMAGE_SIZES: dict[str, tuple[int, int]] = {
-    "square_hd": (1024, 1024),
-    "square": (512, 512),
-    "portrait_4_3": (768, 1024),
-    "portrait_16_9": (576, 1024),
-    "landscape_4_3": (1024, 768),
-    "landscape_16_9": (1024, 576),
-}
 _MAX_SIDE = 2048
 
 
