@@ -319,6 +319,9 @@ class RedisJobStore:
         return _text(outcome)  # type: ignore[return-value]
 
     async def get(self, job_id: str, *, logs: bool = False) -> Job | None:
+        if not logs:  # the hot path (status polls): one round trip, no pipeline
+            fields: Any = await self._db.hgetall(self._key("job", job_id))  # type: ignore[misc]
+            return _to_job(fields) if fields else None
         async with self._db.pipeline(transaction=False) as pipe:
             pipe.hgetall(self._key("job", job_id))
             if logs:
