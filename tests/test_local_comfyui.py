@@ -12,9 +12,11 @@ import io
 from pathlib import Path
 
 import httpx
+import pytest
 from PIL import Image
 
-from proxy.settings import Settings
+from proxy.backends.local.workers import build_worker
+from proxy.settings import ConfigError, Settings
 from tests.fakes.comfyui import FakeComfy
 from tests.js_client import run_flow
 from tests.local_support import Queue, local_settings, wait_until
@@ -103,3 +105,12 @@ def test_cancel_deletes_a_queued_prompt_and_interrupts_the_running_one(tmp_path:
             assert done["error_type"] == "client_cancelled"
             assert comfy.running is None and not comfy.completed
             assert comfy.deleted == [queued_prompt]  # the running one was never deleted
+
+
+def test_a_workflow_that_is_not_api_format_is_refused_at_start(tmp_path: Path) -> None:
+    ui_export = tmp_path / "ui.json"
+    ui_export.write_text('{"nodes": [], "links": []}')  # the UI format, not "Export (API)"
+    settings = local_settings(tmp_path, [{"kind": "comfyui", "url": "http://127.0.0.1:1",
+                                          "comfyui": {"workflow": str(ui_export)}}])
+    with pytest.raises(ConfigError, match=r"Export \(API\)"):
+        build_worker(settings.local.worker_list()[0])
