@@ -22,9 +22,10 @@ import time
 import uuid
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import RedisError
 
+from ...limits.batching import BatchingRedis
 from .store import CancelOutcome, Job, LogEntry
 
 __all__ = ["RedisJobStore"]
@@ -214,8 +215,10 @@ class RedisJobStore:
     async def open(self) -> None:
         if self._redis is not None:
             return
-        redis = Redis.from_url(self.url, password=self._password or None,
-                               socket_timeout=10, socket_connect_timeout=5)
+        # Commands issued in one loop turn (many status polls at once) share one round trip.
+        redis = BatchingRedis(ConnectionPool.from_url(
+            self.url, password=self._password or None, socket_timeout=10,
+            socket_connect_timeout=5))
         await redis.ping()
         self._redis = redis
         self._scripts = {name: redis.register_script(source) for name, source in (
@@ -233,6 +236,7 @@ class RedisJobStore:
         redis, self._redis = self._redis, None
         if redis is not None:
             await redis.aclose()
+            await redis.connection_pool.disconnect()
 
     async def _beat(self) -> None:
         """Renew our leases; re-queue jobs whose process stopped renewing theirs."""
