@@ -2,6 +2,7 @@
 
     python3 tests/bench/queue_bench.py [--jobs 200] [--queue 2000,5000] [--seconds 5]
     python3 tests/bench/queue_bench.py --processes 2   # two proxies on one Redis job store
+    python3 tests/bench/queue_bench.py --store redis   # one proxy, Redis job store
 
 Starts `flux-proxy serve` (one process with the SQLite store, or `--processes N` sharing a
 real `redis-server` job store; demo worker at zero work: 1 step, no sleep, 64x64 image,
@@ -146,7 +147,8 @@ def pct(values: list[float], p: float) -> float:
 async def bench(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
-        server = RedisServer().start() if args.processes > 1 else None
+        use_redis = args.store == "redis" or (args.store == "" and args.processes > 1)
+        server = RedisServer().start() if use_redis else None
         redis_url = server.url if server else ""
         started = [start_proxy(data, args.concurrency, redis_url)
                    for _ in range(args.processes)]
@@ -238,6 +240,8 @@ def main() -> None:
                         help="demo worker slots per process")
     parser.add_argument("--processes", type=int, default=1,
                         help="proxy processes; more than one share a Redis job store")
+    parser.add_argument("--store", choices=["sqlite", "redis"], default="",
+                        help="job store (default: sqlite for one process, else redis)")
     asyncio.run(bench(parser.parse_args()))
 
 
