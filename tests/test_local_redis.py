@@ -16,6 +16,7 @@ import pytest
 
 from proxy.backends.local.redis_store import RedisJobStore
 from proxy.backends.local.store import Job
+from proxy.backends.router import build_backend
 from proxy.settings import ConfigError, settings_from_dict
 from tests.fakes.fal_worker import FakeWorker
 from tests.fakes.redis_server import RedisServer
@@ -145,6 +146,10 @@ def test_redis_settings_keep_the_password_out_of_the_url() -> None:
     ok = settings_from_dict({"server": {"workers": 2}, "identity": {"secrets": [TEST_SECRET]},
                              "local": {"store": "redis", "redis_password": "s3cret-pass"}})
     assert "s3cret" not in repr(ok.local) and ok.local.redis_password == "s3cret-pass"
+    build_backend(ok)  # several server workers are fine on the shared store...
+    with pytest.raises(ConfigError, match=r"server\.workers"):  # ...not on one SQLite file
+        build_backend(settings_from_dict({"server": {"workers": 2}, "local": {"mode": "local"},
+                                          "identity": {"secrets": [TEST_SECRET]}}))
 
 
 INPUT = {"prompt": "two harbours", "seed": 5, "image_size": "square_hd",
