@@ -40,11 +40,13 @@ def _describe_mode(settings: Settings) -> str:
     if resolved_mode(settings) == "hosted":
         return f"hosted fal API via {settings.upstream.queue}"
     workers = settings.local.worker_list()
+    local = settings.local
+    jobs = f"Redis at {local.redis_url}" if local.store == "redis" else local.data_dir
     if all(w.kind == "demo" for w in workers):
         return (f"DEMO MODE: local queue with the demo worker (placeholder images, no GPU, no "
-                f"fal key); jobs in {settings.local.data_dir}")
+                f"fal key); jobs in {jobs}")
     names = ", ".join(f"{w.name} ({w.kind})" for w in workers)
-    return f"local queue with workers {names}; jobs in {settings.local.data_dir}"
+    return f"local queue with workers {names}; jobs in {jobs}"
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 from urllib.parse import urlsplit
 
-from .backends.local.settings import LocalSettings  # the local backend's section lives there
 from .identity.settings import IdentitySettings
 from .policy.settings import PolicySettings
 
@@ -191,6 +190,7 @@ class LogSettings:
 
 
 # Sections that live in their own packages import ConfigError/Secret from here, hence below.
+from .backends.local.settings import LocalSettings  # noqa: E402
 from .limits.settings import LimitsSettings  # noqa: E402
 
 

@@ -48,7 +48,7 @@ class RoutedBackend:
         self.hosted = hosted
         self.routes = settings.local.routes
         self.overflow_depth = settings.local.overflow_depth
-        if settings.server.workers > 1:
+        if settings.server.workers > 1 and settings.local.store != "redis":
             raise ConfigError("server.workers", "the local queue's SQLite store serves one "
                               "process; run one worker process (several need the Redis store)")
         if hosted is None and any(r.backend == "hosted" for r in self.routes):

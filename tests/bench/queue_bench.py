@@ -1,13 +1,15 @@
 """Queue overhead of the local backend (a benchmark, not a test).
 
     python3 tests/bench/queue_bench.py [--jobs 200] [--queue 2000,5000] [--seconds 5]
+    python3 tests/bench/queue_bench.py --processes 2   # two proxies on one Redis job store
+    python3 tests/bench/queue_bench.py --store redis   # one proxy, Redis job store
 
-Starts `flux-proxy serve` (one process, SQLite store, demo worker at zero work: 1 step, no
-sleep, 64x64 image, `sync_mode`) and measures:
+Starts `flux-proxy serve` (one process with the SQLite store, or `--processes N` sharing a
+real `redis-server` job store; demo worker at zero work: 1 step, no sleep, 64x64 image,
+`sync_mode`; limits off) and measures, spreading calls over the processes round-robin:
   1. submit-to-start latency, idle queue: one job at a time (started - created, from the store);
   2. status throughput: concurrent `GET status` of a finished job for `--seconds`;
   3. the largest queue: N jobs submitted at once, all must complete with no error.
-TODO(redis): two proxy processes need the Redis job store; add a `--processes 2` run then.
 """
 
 from __future__ import annotations
@@ -27,8 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import redis
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.fakes.redis_server import RedisServer  # noqa: E402
+from tests.support import TEST_SECRET, fal_id  # noqa: E402
+
 INPUT = {"prompt": "bench", "image_size": {"width": 64, "height": 64},
          "num_inference_steps": 1, "sync_mode": True, "seed": 1}
 SUBMIT = "https://queue.fal.run/fal-ai/flux/dev"
@@ -45,12 +53,16 @@ def _free_port() -> int:
         return port
 
 
-def start_proxy(data: Path, concurrency: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_proxy(data: Path, concurrency: int,
+                redis_url: str = "") -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
-    config = data / "bench.toml"
+    config = data / f"bench-{port}.toml"
+    store = f'store = "redis"\nredis_url = "{redis_url}"\n' if redis_url else ""
     config.write_text(
-        '[log]\naccess = false\nlevel = "warning"\n'
-        f'[local]\nmode = "local"\ndata_dir = "{data}"\nmax_queue = 1000000\n'
+        '[log]\naccess = false\nlevel = "warning"\n[limits]\nenabled = false\n'
+        '[policy.inputs."*"]\nallow_sync_mode = true\n'
+        f'[identity]\nresolvers = ["address"]\nsecrets = ["{TEST_SECRET}"]\n'
+        f'[local]\nmode = "local"\ndata_dir = "{data}"\nmax_queue = 1000000\n{store}'
         f'[[local.workers]]\nkind = "demo"\nstep_seconds = 0.0\nconcurrency = {concurrency}\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FAL_", "FLUX_PROXY"))}
     env["PYTHONPATH"] = str(ROOT)
@@ -88,12 +100,43 @@ async def wait_done(session: aiohttp.ClientSession, url: str, rid: str) -> dict[
         await asyncio.sleep(0.005)
 
 
-def start_latencies(db: Path, ids: list[str]) -> list[float]:
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute(
-            f"SELECT started - created FROM jobs WHERE id IN ({','.join('?' * len(ids))})",
-            ids).fetchall()
-    return [r[0] * 1000 for r in rows]
+class Jobs:
+    """Reads the job store behind the proxies: the SQLite file, or Redis."""
+
+    def __init__(self, data: Path, redis_url: str) -> None:
+        self.db = data / "jobs.sqlite3"
+        self.redis = redis.Redis.from_url(redis_url) if redis_url else None
+        self.prefix = "flux-proxy:jobs"
+
+    def start_latencies(self, signed: list[str]) -> list[float]:
+        ids = [fal_id(s) for s in signed]
+        if self.redis is not None:
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hmget(f"{self.prefix}:job:{job_id}", "started", "created")
+            return [(float(a) - float(b)) * 1000 for a, b in pipe.execute()]
+        with sqlite3.connect(self.db) as conn:
+            rows = conn.execute(
+                f"SELECT started - created FROM jobs WHERE id IN ({','.join('?' * len(ids))})",
+                ids).fetchall()
+        return [r[0] * 1000 for r in rows]
+
+    def unfinished_and_failed(self, signed: list[str]) -> tuple[int, int]:
+        if self.redis is not None:
+            left = (int(self.redis.zcard(f"{self.prefix}:queue"))  # type: ignore[arg-type]
+                    + int(self.redis.zcard(f"{self.prefix}:running")))  # type: ignore[arg-type]
+            if left:
+                return left, 0
+            pipe = self.redis.pipeline(transaction=False)
+            for rid in signed:
+                pipe.hget(f"{self.prefix}:job:{fal_id(rid)}", "error")
+            return 0, sum(e is not None for e in pipe.execute())
+        with sqlite3.connect(self.db) as db:
+            (left,) = db.execute("SELECT COUNT(*) FROM jobs WHERE "
+                                 "status != 'COMPLETED'").fetchone()
+            (bad,) = db.execute("SELECT COUNT(*) FROM jobs WHERE "
+                                "error IS NOT NULL").fetchone()
+        return int(left), int(bad)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -104,19 +147,33 @@ def pct(values: list[float], p: float) -> float:
 async def bench(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
-        proc, base = start_proxy(data, args.concurrency)
-        url = f"{base}/api/fal/proxy"
+        use_redis = args.store == "redis" or (args.store == "" and args.processes > 1)
+        server = RedisServer().start() if use_redis else None
+        redis_url = server.url if server else ""
+        started = [start_proxy(data, args.concurrency, redis_url)
+                   for _ in range(args.processes)]
+        urls = [f"{base}/api/fal/proxy" for _, base in started]
+        turn = iter(range(1 << 62))
+
+        def pick() -> str:  # round-robin over the proxy processes
+            return urls[next(turn) % len(urls)]
+
+        jobs = Jobs(data, redis_url)
         conn = aiohttp.TCPConnector(limit=args.clients)
         try:
             async with aiohttp.ClientSession(connector=conn) as session:
-                await wait_up(session, base)
+                for _, base in started:
+                    await wait_up(session, base)
+                print(f"{args.processes} proxy process(es), "
+                      f"{'Redis' if redis_url else 'SQLite'} job store")
                 # 1. submit-to-start, idle queue
                 ids = []
                 for _ in range(args.jobs):
-                    _, sub = await call(session, url, SUBMIT, INPUT)
+                    code, sub = await call(session, pick(), SUBMIT, INPUT)
+                    assert code == 200, sub
                     ids.append(sub["request_id"])
-                    await wait_done(session, url, sub["request_id"])
-                lat = start_latencies(data / "jobs.sqlite3", ids)
+                    await wait_done(session, pick(), sub["request_id"])
+                lat = jobs.start_latencies(ids)
                 print(f"submit-to-start (idle queue, {len(lat)} jobs): "
                       f"p50 {statistics.median(lat):.1f} ms, p95 {pct(lat, 0.95):.1f} ms, "
                       f"max {max(lat):.1f} ms")
@@ -128,7 +185,7 @@ async def bench(args: argparse.Namespace) -> None:
                 async def poller() -> None:
                     nonlocal count, errors
                     while time.perf_counter() < stop:
-                        status, _ = await call(session, url, target)
+                        status, _ = await call(session, pick(), target)
                         count += 1
                         errors += status != 200
 
@@ -145,21 +202,16 @@ async def bench(args: argparse.Namespace) -> None:
                     async def submit_one(sem: asyncio.Semaphore = sem) -> str:
                         nonlocal failures
                         async with sem:
-                            status, body = await call(session, url, SUBMIT, INPUT)
+                            status, body = await call(session, pick(), SUBMIT, INPUT)
                             failures += status != 200
                             return str(body.get("request_id", ""))
 
                     t0 = time.perf_counter()
                     rids = await asyncio.gather(*(submit_one() for _ in range(size)))
                     submitted = time.perf_counter() - t0
-                    last = rids[-1]
-                    await wait_done(session, url, last)
+                    await wait_done(session, pick(), rids[-1])
                     while True:
-                        with sqlite3.connect(data / "jobs.sqlite3") as db:
-                            (left,) = db.execute("SELECT COUNT(*) FROM jobs WHERE "
-                                                 "status != 'COMPLETED'").fetchone()
-                            (bad,) = db.execute("SELECT COUNT(*) FROM jobs WHERE "
-                                                "error IS NOT NULL").fetchone()
+                        left, bad = jobs.unfinished_and_failed([r for r in rids if r])
                         if not left:
                             break
                         await asyncio.sleep(0.05)
@@ -169,8 +221,12 @@ async def bench(args: argparse.Namespace) -> None:
                           f"({size / drained:.0f} jobs/s), {failures} submit errors, "
                           f"{bad} failed jobs")
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(15)
+            for proc, _ in started:
+                proc.send_signal(signal.SIGTERM)
+            for proc, _ in started:
+                proc.wait(15)
+            if server is not None:
+                server.stop()
 
 
 def main() -> None:
@@ -180,7 +236,12 @@ def main() -> None:
                         default=[1000, 5000])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--concurrency", type=int, default=4, help="demo worker slots")
+    parser.add_argument("--concurrency", type=int, default=4,
+                        help="demo worker slots per process")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="proxy processes; more than one share a Redis job store")
+    parser.add_argument("--store", choices=["sqlite", "redis"], default="",
+                        help="job store (default: sqlite for one process, else redis)")
     asyncio.run(bench(parser.parse_args()))
 
 

@@ -29,6 +29,8 @@ from .hub import Hub
 from .images import ImageStore
 from .media_app import MediaApp
 from .queue import SseResponse, json_response, sse_event, status_body, urls
+from .redis_store import RedisJobStore
+from .settings import LocalSettings
 from .sqlite_store import SqliteJobStore
 from .store import Job, JobStore
 from .webhooks import WebhookSender
@@ -46,7 +48,7 @@ class LocalBackend:
         cfg = settings.local
         self.settings = cfg
         root = Path(cfg.data_dir)
-        self.store: JobStore = store or SqliteJobStore(root / "jobs.sqlite3")
+        self.store: JobStore = store or _build_store(cfg)
         self.hub = Hub()
         self.images = ImageStore(root / "images", cfg.path)
         self.files = FileStore(root / "uploads", cfg.path, cfg.upload_max_bytes,
@@ -281,6 +283,15 @@ class LocalBackend:
             server = scope.get("server") or ("127.0.0.1", 80)
             host = f"{server[0]}:{server[1]}"
         return f"{scope.get('scheme', 'http')}://{host}"
+
+
+def _build_store(cfg: LocalSettings) -> JobStore:
+    """SQLite in `data_dir` (one process), or Redis (several processes share the queue)."""
+    if cfg.store == "redis":
+        return RedisJobStore(cfg.redis_url, password=str(cfg.redis_password),
+                             prefix=cfg.redis_prefix, result_ttl=cfg.result_ttl_seconds,
+                             lease_seconds=cfg.lease_seconds)
+    return SqliteJobStore(Path(cfg.data_dir) / "jobs.sqlite3")
 
 
 def _parse_json(request: ProxyRequest) -> Any:

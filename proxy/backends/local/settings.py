@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Literal
+
+from ...settings import Secret
 
 
 def ConfigError(key: str, problem: str) -> Exception:
@@ -12,28 +15,45 @@ def ConfigError(key: str, problem: str) -> Exception:
 
     return error(key, problem)
 
-__all__ = ["LocalSettings", "RouteSettings", "WorkerSettings"]
+__all__ = ["ComfySettings", "LocalSettings", "RouteSettings", "WorkerSettings"]
+
+_NO_PASSWORD = Secret("")
 
 _SIZES = ("square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3",
           "landscape_16_9")
 
 
 @dataclass(frozen=True, slots=True)
+class ComfySettings:
+    """How the FLUX workflow template is patched: the node (by id, or by `_meta.title`) that
+    takes each input. An empty node name means the template has no such input."""
+
+    workflow: str = ""  # API-format workflow file ("Export (API)"); empty: the shipped one
+    prompt_node: str = "6"  # CLIPTextEncode: inputs.text
+    seed_node: str = "25"  # RandomNoise (noise_seed) or KSampler (seed)
+    size_node: str = "27"  # EmptySD3LatentImage / EmptyLatentImage: width, height, batch_size
+    steps_node: str = "17"  # BasicScheduler or KSampler: steps
+    guidance_node: str = "26"  # FluxGuidance: guidance
+    output_node: str = "9"  # SaveImage: its images are the result
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerSettings:
-    """One worker: the in-process demo, or a fal-style HTTP worker at `url`."""
+    """One worker: the in-process demo, a fal-style HTTP worker or a ComfyUI server at `url`."""
 
     name: str = ""
-    kind: Literal["demo", "http"] = "demo"
+    kind: Literal["demo", "http", "comfyui"] = "demo"
     url: str = ""
     concurrency: int = 1
     step_seconds: float = 0.02  # demo only: the pretend time per inference step
-    timeout: float = 600.0  # http only: longest a job may run on this worker
+    timeout: float = 600.0  # http/comfyui: longest a job may run on this worker
+    comfyui: ComfySettings = field(default_factory=lambda: ComfySettings())
 
     def validate(self, key: str) -> None:
         if self.concurrency < 1:
             raise ConfigError(f"{key}.concurrency", "must be at least 1")
-        if self.kind == "http" and not self.url.startswith(("http://", "https://")):
-            raise ConfigError(f"{key}.url", "an http worker needs an http(s) URL")
+        if self.kind in ("http", "comfyui") and not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"{key}.url", f"a {self.kind} worker needs an http(s) URL")
         if self.step_seconds < 0 or self.timeout <= 0:
             raise ConfigError(f"{key}.step_seconds", "times must not be negative")
         object.__setattr__(self, "url", self.url.rstrip("/"))
@@ -74,6 +94,11 @@ class LocalSettings:
     webhook_attempts: int = 5
     webhook_timeout: float = 15.0
     webhook_backoff: float = 1.0  # first retry delay in seconds, doubled each time
+    store: Literal["sqlite", "redis"] = "sqlite"  # redis: several proxy processes share jobs
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: Secret = _NO_PASSWORD  # kept out of `redis_url`
+    redis_prefix: str = "flux-proxy:jobs"
+    lease_seconds: float = 30.0  # a claimed job whose process stops renewing is re-queued
 
     def validate(self, key: str) -> None:
         path = self.path
@@ -90,6 +115,13 @@ class LocalSettings:
             raise ConfigError(key, "max_queue, default_steps and webhook_attempts must be >= 1")
         if self.overflow_depth < 0:
             raise ConfigError(f"{key}.overflow_depth", "must not be negative")
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"{key}.redis_url", "must be redis://host:port/db")
+        if "@" in self.redis_url:
+            raise ConfigError(f"{key}.redis_url", "put the Redis password in local.redis_password "
+                              "(or FLUX_PROXY__LOCAL__REDIS_PASSWORD), not in the URL")
+        if self.lease_seconds < 1:
+            raise ConfigError(f"{key}.lease_seconds", "must be at least 1 second")
         names = [w.name or f"worker-{i}" for i, w in enumerate(self.workers)]
         if len(set(names)) != len(names):
             raise ConfigError(f"{key}.workers", "worker names must be unique")
@@ -98,7 +130,6 @@ class LocalSettings:
         """The configured workers, named; the demo worker when none is configured."""
         workers = self.workers or (WorkerSettings(name="demo", kind="demo"),)
         return tuple(
-            w if w.name else WorkerSettings(w.name or f"worker-{i}", w.kind, w.url,
-                                            w.concurrency, w.step_seconds, w.timeout)
+            w if w.name else dataclasses.replace(w, name=f"worker-{i}")
             for i, w in enumerate(workers)
         )
