@@ -30,7 +30,8 @@ from .base import JobFailed, OnLog, OnProgress, WorkerDown, cancelled
 
 __all__ = ["ComfyWorker", "load_workflow", "patch_workflow"]
 
-SHIPPED_WORKFLOW = Path(__file__).resolve().parents[4] / "config" / "comfyui-flux-dev.json"
+# Inside the package, so pip and Docker installs have it (config/ links to it for reading).
+SHIPPED_WORKFLOW = Path(__file__).resolve().parents[3] / "data" / "comfyui-flux-dev.json"
 
 
 def load_workflow(path: str) -> dict[str, Any]:
