@@ -17,7 +17,6 @@ from ..settings import ConfigError, Settings
 from ..target import Operation
 from .base import Backend, UpstreamResponse
 from .hosted import HostedBackend
-from .local.backend import LocalBackend
 
 __all__ = ["RoutedBackend", "build_backend", "resolved_mode"]
 
@@ -53,6 +52,8 @@ class RoutedBackend:
                               "process; run one worker process (several need the Redis store)")
         if hosted is None and any(r.backend == "hosted" for r in self.routes):
             raise ConfigError("local.routes", "a route to hosted fal needs a fal key (FAL_KEY)")
+        from .local.backend import LocalBackend  # not imported at all in hosted mode
+
         self.local = LocalBackend(settings)
         self.media_app = self.local.media_app
 

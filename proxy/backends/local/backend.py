@@ -29,9 +29,7 @@ from .hub import Hub
 from .images import ImageStore
 from .media_app import MediaApp
 from .queue import SseResponse, json_response, sse_event, status_body, urls
-from .redis_store import RedisJobStore
 from .settings import LocalSettings
-from .sqlite_store import SqliteJobStore
 from .store import Job, JobStore
 from .webhooks import WebhookSender
 from .workers import build_worker
@@ -287,10 +285,15 @@ class LocalBackend:
 
 def _build_store(cfg: LocalSettings) -> JobStore:
     """SQLite in `data_dir` (one process), or Redis (several processes share the queue)."""
+    # Imported here: each store pulls in its client library (redis-py is slow to import).
     if cfg.store == "redis":
+        from .redis_store import RedisJobStore
+
         return RedisJobStore(cfg.redis_url, password=str(cfg.redis_password),
                              prefix=cfg.redis_prefix, result_ttl=cfg.result_ttl_seconds,
                              lease_seconds=cfg.lease_seconds)
+    from .sqlite_store import SqliteJobStore
+
     return SqliteJobStore(Path(cfg.data_dir) / "jobs.sqlite3")
 
 
