@@ -27,6 +27,7 @@ from PIL import Image
 from ..settings import ComfySettings
 from ..store import Job
 from .base import JobFailed, OnLog, OnProgress, WorkerDown, cancelled
+from .session import WorkerSession
 
 __all__ = ["ComfyWorker", "load_workflow", "patch_workflow"]
 
@@ -112,26 +113,13 @@ class ComfyWorker:
         self._timeout = timeout
         self._cfg = cfg
         self._template = load_workflow(cfg.workflow)
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_read=60))
-        return self._session
+        self._http = WorkerSession(base, aiohttp.ClientTimeout(total=None, connect=5, sock_read=60))
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.aclose()
 
     async def ready(self) -> bool:
-        try:
-            async with self._client().get(
-                    f"{self.base}/system_stats", timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                return resp.status == 200
-        except (aiohttp.ClientError, TimeoutError):
-            return False
+        return await self._http.probe("/system_stats")
 
     async def run(
         self, job: Job, on_progress: OnProgress, on_log: OnLog, cancel: asyncio.Event
@@ -140,7 +128,7 @@ class ComfyWorker:
         client_id = uuid.uuid4().hex
         state: dict[str, Any] = {"prompt_id": None, "running": False}
         try:
-            async with self._client().ws_connect(
+            async with self._http.client().ws_connect(
                     f"{self.base}/ws", params={"clientId": client_id}, heartbeat=30) as ws:
                 task = asyncio.ensure_future(self._follow(ws, job, client_id, state,
                                                           on_progress, on_log))
@@ -176,7 +164,7 @@ class ComfyWorker:
                       state: dict[str, Any], on_progress: OnProgress, on_log: OnLog) -> str:
         """Queue the workflow, then read the websocket until our prompt has run."""
         workflow = patch_workflow(self._template, self._cfg, job.input)
-        async with self._client().post(f"{self.base}/prompt", json={
+        async with self._http.client().post(f"{self.base}/prompt", json={
                 "prompt": workflow, "client_id": client_id}) as resp:
             body = await resp.json(content_type=None)
             if resp.status != 200 or not isinstance(body, dict) or "prompt_id" not in body:
@@ -215,16 +203,16 @@ class ComfyWorker:
         with contextlib.suppress(aiohttp.ClientError, TimeoutError):
             limit = aiohttp.ClientTimeout(total=5)
             if state["running"]:
-                async with self._client().post(f"{self.base}/interrupt", timeout=limit,
+                async with self._http.client().post(f"{self.base}/interrupt", timeout=limit,
                                                json={"prompt_id": prompt_id}):
                     pass
             else:
-                async with self._client().post(f"{self.base}/queue", timeout=limit,
+                async with self._http.client().post(f"{self.base}/queue", timeout=limit,
                                                json={"delete": [prompt_id]}):
                     pass
 
     async def _images(self, prompt_id: str, fmt: str) -> list[dict[str, Any]]:
-        async with self._client().get(f"{self.base}/history/{prompt_id}") as resp:
+        async with self._http.client().get(f"{self.base}/history/{prompt_id}") as resp:
             resp.raise_for_status()
             history = await resp.json(content_type=None)
         outputs: dict[str, Any] = history[prompt_id]["outputs"]
@@ -235,7 +223,7 @@ class ComfyWorker:
             for ref in output.get("images", []):
                 params = {"filename": ref["filename"], "subfolder": ref.get("subfolder", ""),
                           "type": ref.get("type", "output")}
-                async with self._client().get(f"{self.base}/view", params=params) as resp:
+                async with self._http.client().get(f"{self.base}/view", params=params) as resp:
                     resp.raise_for_status()
                     data = await resp.read()
                 data, width, height, content_type = await asyncio.to_thread(_convert, data, fmt)

@@ -22,6 +22,7 @@ import aiohttp
 
 from ..store import Job
 from .base import JobFailed, OnLog, OnProgress, WorkerBusy, WorkerDown, cancelled
+from .session import WorkerSession
 
 __all__ = ["HttpWorker"]
 
@@ -43,26 +44,13 @@ class HttpWorker:
         self.concurrency = concurrency
         self._timeout = timeout
         self._cancel_grace = cancel_grace
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, connect=5))
-        return self._session
+        self._http = WorkerSession(base, aiohttp.ClientTimeout(total=None, connect=5))
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.aclose()
 
     async def ready(self) -> bool:
-        try:
-            async with self._client().get(
-                    f"{self.base}/readyz", timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                return resp.status == 200
-        except (aiohttp.ClientError, TimeoutError):
-            return False
+        return await self._http.probe("/readyz")
 
     async def run(
         self, job: Job, on_progress: OnProgress, on_log: OnLog, cancel: asyncio.Event
@@ -90,7 +78,7 @@ class HttpWorker:
     async def _request_cancel(self, job_id: str) -> bool:
         """True when the worker accepted the cancel (202) for a job it is running."""
         try:
-            async with self._client().post(
+            async with self._http.client().post(
                     f"{self.base}/cancel/{job_id}",
                     timeout=aiohttp.ClientTimeout(total=5)) as resp:
                 return resp.status == 202
@@ -101,7 +89,7 @@ class HttpWorker:
         url = f"{self.base}/{job.endpoint_id}"
         headers = {"accept": "text/event-stream", "x-fal-request-id": job.id}
         try:
-            async with self._client().post(url, json=job.input, headers=headers) as resp:
+            async with self._http.client().post(url, json=job.input, headers=headers) as resp:
                 if resp.status == 503:
                     raise WorkerBusy(_retry_after(resp.headers.get("retry-after")))
                 if resp.status == CANCELLED:
