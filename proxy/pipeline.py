@@ -10,6 +10,8 @@ refusals (`ProxyError`) and upstream failures into fal-shaped answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ from .observability import AccessLog
 from .target import Operation, TargetError, parse_target
 
 __all__ = ["Pipeline", "Stage", "Stages"]
+
+_LOG = logging.getLogger("flux_proxy")
 
 Stage = Callable[[ProxyRequest], Awaitable[None]]
 
@@ -86,6 +90,12 @@ class Pipeline:
         except _ClientGone:
             outcome.error = "disconnected"
             outcome.status = 499
+        except Exception:  # a bug must not take the server down or answer with a traceback
+            _LOG.exception("unexpected error on the proxy route")
+            outcome.status, outcome.error = 500, "internal"
+            with contextlib.suppress(Exception):  # fails if the response had started
+                await _send_error(send, ProxyError(500, "internal error in the proxy",
+                                                   error_type="internal_error"), [])
         finally:
             if request is not None:
                 for hook in request.settle_hooks:

@@ -401,6 +401,10 @@ def _classify(host: Host, path: str) -> tuple[Operation, str | None, str | None,
 
     if host is Host.RUN:
         _check_lengths(segments, None)
+        if any(s.lower() == "requests" for s in segments):
+            # fal.run never serves queue-style paths; refusing them keeps request ids (and
+            # their ownership checks) on queue.fal.run only.
+            raise _forbid("fal.run paths must not contain a 'requests' segment")
         last = segments[-1]
         if last == "stream":
             endpoint_id, app_id = _endpoint(segments[:-1], "stream")

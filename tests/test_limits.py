@@ -220,3 +220,24 @@ def test_bad_limits_settings_name_the_key(bad: dict[str, Any]) -> None:
     with pytest.raises(ConfigError) as info:
         settings_from_dict({"limits": bad})
     assert info.value.key.startswith("limits.")
+
+
+def test_anonymous_callers_without_a_cookie_are_limited_by_address(fake_fal: FakeFal) -> None:
+    settings = proxy_settings(fake_fal, identity={"resolvers": ["cookie"]},
+                              limits=limits(submit="2/minute"))
+    with running_proxy(settings) as server:
+        # A fresh client each time keeps no cookie: every request is a new anonymous caller.
+        answers = [httpx.post(proxy_url(server), content=flux_input(), timeout=10, headers={
+            "x-fal-target-url": SUBMIT, "sec-fetch-site": "same-origin",
+            "content-type": "application/json"}) for _ in range(4)]
+    assert all("set-cookie" in r.headers for r in answers)  # a new anonymous id each time
+    assert [r.status_code for r in answers] == [200, 200, 429, 429]
+    assert len(fake_fal.requests(host="queue.fal.run", method="POST")) == 2
+
+
+def test_redis_password_never_in_the_storage_url() -> None:
+    from proxy.settings import ConfigError, settings_from_dict
+
+    for url in ("redis://:secret@127.0.0.1:6379/0", "redis://127.0.0.1:6379/0?password=secret"):
+        with pytest.raises(ConfigError, match="redis_password"):
+            settings_from_dict({"limits": {"storage": url}})

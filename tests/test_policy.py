@@ -194,3 +194,35 @@ def test_shipped_config_file_states_the_defaults() -> None:
     shipped = load_settings(Path(__file__).parents[1] / "config" / "flux-proxy.toml", env={})
     assert shipped.identity == IdentitySettings()
     assert shipped.policy == PolicySettings()
+
+
+def test_nested_or_duplicate_json_is_refused_not_a_crash(fake_fal: FakeFal) -> None:
+    settings = proxy_settings(fake_fal)
+    with running_proxy(settings) as server:
+        url = proxy_url(server, settings)
+        target = {"x-fal-target-url": "https://queue.fal.run/fal-ai/flux/dev",
+                  "content-type": "application/json"}
+        deep = httpx.post(url, content=b"[" * 100_000, headers=target)
+        assert deep.status_code == 415 and "JSON" in deep.json()["detail"]
+        dup = httpx.post(url, content=b'{"prompt":"x","num_images":100,"num_images":1}',
+                         headers=target)
+        assert dup.status_code == 422
+        assert dup.json()["detail"][0]["loc"] == ["body", "num_images"]
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
+    assert fake_fal.records == []
+
+
+def test_token_alias_comes_only_from_exact_apps(fake_fal: FakeFal) -> None:
+    settings = proxy_settings(fake_fal, policy={"allow": ["fal-ai/*"],
+                                                "tokens": {"enabled": True}})
+    with running_proxy(settings) as server:
+        url = proxy_url(server, settings)
+        target = {"x-fal-target-url": "https://rest.fal.ai/tokens/"}
+        r = httpx.post(url, json={"allowed_apps": ["evil-owner/expensive", "anything"]},
+                       headers=target)
+        assert r.status_code == 403
+        assert fake_fal.records == []
+        ok = httpx.post(url, json={"allowed_apps": ["fal-ai/flux"]}, headers=target)
+        assert ok.status_code in (200, 201), ok.text
+    (sent,) = fake_fal.requests(host="rest.fal.ai")
+    assert sent.json()["allowed_apps"] == ["fal-ai/flux"]

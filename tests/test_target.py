@@ -326,6 +326,9 @@ def test_target_is_frozen() -> None:
 LONG_SEG = "a" * 129
 HOSTILE: list[tuple[str | None, str, int, str]] = [
     # (raw, method, status, detail fragment or "")
+    # queue-style paths on fal.run (request ids live on queue.fal.run only)
+    ("https://fal.run/fal-ai/flux/requests/abc/status", "POST", 403, "'requests' segment"),
+    ("https://fal.run/fal-ai/flux/requests/abc/stream", "POST", 403, "'requests' segment"),
     # missing / empty
     (None, "POST", 400, "missing x-fal-target-url header"),
     ("", "POST", 400, "missing"),

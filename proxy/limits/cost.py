@@ -94,7 +94,7 @@ def parse_input(body: bytes) -> Any:
     """The parsed JSON body, or None when it is not JSON (the upstream will refuse it)."""
     try:
         return json.loads(body) if body else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
 
 

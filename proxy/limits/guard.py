@@ -131,6 +131,10 @@ class LimitsGuard:
     async def charge(self, request: ProxyRequest) -> None:
         caller = request.caller
         caller_id = caller.id if caller is not None else f"ip:{request.client_host}"
+        if caller is not None and caller.kind == "anonymous" and caller.address:
+            # An anonymous cookie is free to drop: count anonymous callers by address, so a
+            # client that sends no cookie (a new id each time) cannot escape its limits.
+            caller_id = f"ip:{caller.address}"
         exempt = caller is not None and (
             caller.id in self._exempt_ids or caller.kind in self._exempt_kinds)
         policy = self.policy_for(request.target)

@@ -102,7 +102,7 @@ class LimitsSettings:
         scheme = self.storage.split("://", 1)[0]
         if "://" not in self.storage or scheme not in ("memory", "redis", "rediss"):
             raise ConfigError(f"{key}.storage", "must be memory:// or redis://host:port/db")
-        if "@" in self.storage:
+        if "@" in self.storage or "password=" in self.storage.lower():
             raise ConfigError(f"{key}.storage", "put the Redis password in limits.redis_password "
                          "(or FLUX_PROXY__LIMITS__REDIS_PASSWORD), not in the URL")
         if self.concurrency < 0:

@@ -37,6 +37,21 @@ def _problem(field: str, msg: str, kind: str, **ctx: Any) -> Problem:
     return out
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def parse_json_body(request: ProxyRequest) -> dict[str, Any]:
     """`request.json` as an object, parsed once; 415 for non-JSON, 422 for a non-object."""
     if isinstance(request.json, dict):
@@ -48,8 +63,12 @@ def parse_json_body(request: ProxyRequest) -> dict[str, Any]:
         data: Any = {}
     else:
         try:
-            data = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError):
+            data = json.loads(request.body, object_pairs_hook=_no_duplicate_keys)
+        except _DuplicateKey as exc:
+            # We check one value and forward the bytes: the upstream must not read another.
+            raise ProxyError(422, [{"loc": ["body", exc.key], "msg": "duplicate key in JSON",
+                                    "type": "value_error"}]) from None
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise ProxyError(415, "request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ProxyError(422, [{"loc": ["body"], "msg": "Input should be a valid dictionary",

@@ -24,8 +24,12 @@ class TokenPolicy:
 
     def __init__(self, settings: TokenSettings, allowlist: Allowlist) -> None:
         self._settings = settings
-        # fal names apps in tokens by alias (`flux` for fal-ai/flux) or by owner/alias.
-        self._apps = allowlist.apps + tuple(a.rsplit("/", 1)[-1] for a in allowlist.apps)
+        # fal names apps in tokens by owner/alias or by bare alias (`flux` for fal-ai/flux).
+        # Bare aliases come only from exact app ids: `fal-ai/*` must not turn into `*`.
+        self._apps = allowlist.apps
+        self._aliases = frozenset(
+            a.rsplit("/", 1)[-1] for a in allowlist.apps if not any(c in a for c in "*?[")
+        )
 
     async def gate(self, request: ProxyRequest) -> None:
         if request.target.operation is Operation.TOKEN and not self._settings.enabled:
@@ -39,7 +43,8 @@ class TokenPolicy:
         asked = data.get("allowed_apps")
         if not isinstance(asked, list) or not all(isinstance(a, str) for a in asked):
             asked = []
-        apps = [a for a in asked if any(fnmatchcase(a, p) for p in self._apps)]
+        apps = [a for a in asked
+                 if a in self._aliases or ("/" in a and any(fnmatchcase(a, p) for p in self._apps))]
         if not apps:
             raise ProxyError(403, f"a token for apps {asked!r} is not allowed on this proxy")
         cap = self._settings.max_expiration

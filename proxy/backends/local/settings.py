@@ -117,7 +117,7 @@ class LocalSettings:
             raise ConfigError(f"{key}.overflow_depth", "must not be negative")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"{key}.redis_url", "must be redis://host:port/db")
-        if "@" in self.redis_url:
+        if "@" in self.redis_url or "password=" in self.redis_url.lower():
             raise ConfigError(f"{key}.redis_url", "put the Redis password in local.redis_password "
                               "(or FLUX_PROXY__LOCAL__REDIS_PASSWORD), not in the URL")
         if self.lease_seconds < 1:
