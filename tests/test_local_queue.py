@@ -285,3 +285,11 @@ def test_overflow_goes_to_hosted_fal_when_the_local_queue_is_full(
             assert queue.wait(rid)["error_type"] == "client_cancelled"
     assert all(r.headers.get("authorization") == f"Key {FAKE_KEY}"
                for r in fake_fal.records if r.host != "direct")
+
+
+def test_upload_to_an_unknown_url_is_refused_before_the_body_is_read(tmp_path: Path) -> None:
+    settings = local_settings(tmp_path)
+    with running_proxy(settings) as server:
+        r = httpx.put(f"{server.url}/fal-local/upload/{'x' * 24}", content=b"a" * 1_000_000,
+                      headers={"content-type": "text/plain"})
+    assert r.status_code == 404 and "unknown or expired" in r.json()["detail"]

@@ -51,6 +51,10 @@ class MediaApp:
                 data = await asyncio.to_thread(hit[0].read_bytes)
                 await _send(send, 200, data, hit[1].encode(), cache=True)
             elif method == "PUT" and len(parts) == 2 and parts[0] == "upload":
+                # Check the token before reading: an unknown URL must not make us buffer
+                # megabytes (this route has no identity or limits of its own).
+                if await asyncio.to_thread(self.files.pending, parts[1]) is None:
+                    raise ProxyError(404, "unknown or expired upload URL")
                 data = await _read(receive, self.files.max_bytes)
                 content_type = ""
                 for name, value in scope["headers"]:
