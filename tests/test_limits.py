@@ -241,3 +241,15 @@ def test_redis_password_never_in_the_storage_url() -> None:
     for url in ("redis://:secret@127.0.0.1:6379/0", "redis://127.0.0.1:6379/0?password=secret"):
         with pytest.raises(ConfigError, match="redis_password"):
             settings_from_dict({"limits": {"storage": url}})
+
+
+async def test_memory_slots_of_callers_who_never_return_are_swept() -> None:
+    from proxy.limits.store import _MemorySlots
+
+    slots = _MemorySlots(expiry=0.01)
+    for i in range(2000):  # one-off callers, each leaving a slot nobody releases
+        await slots.acquire(f"ip:10.0.{i // 250}.{i % 250}", "job:x", 4)
+    await asyncio.sleep(0.02)
+    for i in range(1100):  # ordinary traffic from one caller triggers the periodic sweep
+        await slots.acquire("ip:127.0.0.1", f"m{i}", 0)
+    assert list(slots._slots) == ["ip:127.0.0.1"]

@@ -81,6 +81,14 @@ class _MemorySlots:
     def __init__(self, expiry: float) -> None:
         self._expiry = expiry
         self._slots: dict[str, dict[str, float]] = defaultdict(dict)
+        self._acquired = 0
+
+    def _sweep(self) -> None:
+        """Drop expired slots of every caller, and callers left with none, so callers who
+        never come back (a finished job nobody polled) do not stay in memory forever."""
+        for caller in list(self._slots):
+            if not self._live(caller):
+                del self._slots[caller]
 
     def _live(self, caller: str) -> dict[str, float]:
         # Every slot gets the same lifetime and renames re-insert, so insertion order is
@@ -95,6 +103,9 @@ class _MemorySlots:
         return slots
 
     async def acquire(self, caller: str, member: str, limit: int) -> tuple[bool, int, float]:
+        self._acquired += 1
+        if self._acquired % 1024 == 0:
+            self._sweep()
         slots = self._live(caller)
         now = time.monotonic()
         if limit and len(slots) >= limit:
@@ -117,11 +128,17 @@ class _MemorySlots:
 
 
 class _MemoryUsage:
-    def __init__(self) -> None:
+    def __init__(self, retention_days: int) -> None:
         self._days: dict[tuple[str, str], DayUsage] = {}
+        self._retention = retention_days
+        self._current = ""
 
     async def record(self, caller: str, images: int, cost: float) -> None:
         day = today()
+        if day != self._current:  # a new day: forget days past the retention period
+            self._current = day
+            keep = set(recent_days(self._retention + 1))
+            self._days = {k: v for k, v in self._days.items() if k[0] in keep}
         entry = self._days.get((day, caller))
         if entry is None:
             entry = self._days[(day, caller)] = DayUsage(day, caller)
@@ -175,7 +192,8 @@ def open_backing(settings: LimitsSettings) -> Backing:
         storage: Storage = MemoryStorage()
         return Backing("memory", strategy(settings.strategy, storage),
                        strategy(settings.cost_strategy, storage),
-                       _MemorySlots(settings.concurrency_expiry), _MemoryUsage(), storage)
+                       _MemorySlots(settings.concurrency_expiry),
+                       _MemoryUsage(settings.usage_retention_days), storage)
     from .redis_store import open_redis_backing  # imported only when Redis is configured
 
     return open_redis_backing(settings)
