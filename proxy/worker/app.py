@@ -129,7 +129,8 @@ def _error_for(exc: BaseException) -> tuple[int, dict[str, Any]]:
     name = type(exc).__name__
     if name == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch
         return 503, {"detail": "GPU out of memory; retry with a smaller size or fewer images"}
-    return 500, {"detail": f"generation failed: {name}: {exc}"}
+    # The traceback is in the worker's log; callers get no internal paths or driver details.
+    return 500, {"detail": f"generation failed ({name}); see the worker's log"}
 
 
 class JobResponse(Response):
