@@ -80,8 +80,13 @@ class Pipeline:
         try:
             request = await self._admit(scope, receive)
             await self._guard(request)
-            upstream = await self._forward(request, outcome)
-            await self._respond(request, upstream, outcome, receive, send)
+            if request.target.operation is Operation.RUN:
+                # A sync run can take many seconds of billed work: if the caller leaves,
+                # stop waiting and drop the upstream connection (the stream path does too).
+                await _unless_disconnected(
+                    self._forward_and_respond(request, outcome, receive, send), receive)
+            else:
+                await self._forward_and_respond(request, outcome, receive, send)
         except ProxyError as exc:
             outcome.status = exc.status
             outcome.error = outcome.error or "refused"
@@ -159,6 +164,12 @@ class Pipeline:
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
+    async def _forward_and_respond(
+        self, request: ProxyRequest, outcome: Outcome, receive: Receive, send: Send
+    ) -> None:
+        upstream = await self._forward(request, outcome)
+        await self._respond(request, upstream, outcome, receive, send)
+
     async def _forward(self, request: ProxyRequest, outcome: Outcome) -> UpstreamResponse:
         t0 = time.perf_counter()
         try:
@@ -197,6 +208,28 @@ class Pipeline:
         await send({"type": "http.response.body", "body": body})
 
 
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(work: Awaitable[None], receive: Receive) -> None:
+    """Run `work`; if the client disconnects first, cancel it and raise `_ClientGone`."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_wait_disconnect(receive))
+    try:
+        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, watch):
+            if not pending.done():
+                pending.cancel()
+    if task in done:
+        await asyncio.gather(watch, return_exceptions=True)
+        return task.result()
+    await asyncio.gather(task, return_exceptions=True)
+    raise _ClientGone
+
+
 def _merge_headers(
     upstream: list[tuple[bytes, bytes]], ours: list[tuple[bytes, bytes]]
 ) -> list[tuple[bytes, bytes]]:
@@ -227,12 +260,8 @@ async def _stream(
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 
-    async def wait_disconnect() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-
     pump_task = asyncio.ensure_future(pump())
-    watch_task = asyncio.ensure_future(wait_disconnect())
+    watch_task = asyncio.ensure_future(_wait_disconnect(receive))
     try:
         done, _ = await asyncio.wait(
             {pump_task, watch_task}, return_when=asyncio.FIRST_COMPLETED

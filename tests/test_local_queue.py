@@ -293,3 +293,15 @@ def test_upload_to_an_unknown_url_is_refused_before_the_body_is_read(tmp_path: P
         r = httpx.put(f"{server.url}/fal-local/upload/{'x' * 24}", content=b"a" * 1_000_000,
                       headers={"content-type": "text/plain"})
     assert r.status_code == 404 and "unknown or expired" in r.json()["detail"]
+
+
+def test_a_sync_run_whose_caller_leaves_is_cancelled(tmp_path: Path) -> None:
+    with FakeWorker(step_seconds=0.1) as worker:
+        settings = local_settings(tmp_path, [{"kind": "http", "url": worker.url}])
+        with running_proxy(settings) as server:
+            with pytest.raises(httpx.ReadTimeout):  # the caller gives up mid-run
+                httpx.post(proxy_url(server, settings), timeout=0.8, json={
+                    **INPUT, "num_inference_steps": 50},
+                    headers={"x-fal-target-url": "https://fal.run/fal-ai/flux/dev"})
+            wait_until(lambda: len(worker.cancelled) == 1)
+    assert sum(worker.completed.values()) == 0

@@ -113,7 +113,11 @@ class LocalBackend:
             return json_response(200, hint, job.id)
         if op is Operation.RUN:
             job, _ = await self._submit(request)
-            done = await self._wait_done(job.id)
+            try:
+                done = await self._wait_done(job.id)
+            except asyncio.CancelledError:  # the caller left (see Pipeline): stop the job
+                await asyncio.shield(self._cancel_quietly(job.id))
+                raise
             return _result(done)
         if op is Operation.STREAM:
             job, _ = await self._submit(request)
