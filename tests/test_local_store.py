@@ -65,3 +65,17 @@ def test_unsafe_local_setups_refuse_to_start(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="needs a fal key"):
         create_app(settings_from_dict(
             {"local": {**local, "routes": [{"pattern": "*", "backend": "hosted"}]}}))
+
+
+async def test_purge_drops_upload_reservations_that_were_never_used(tmp_path: Path) -> None:
+    from proxy.backends.local.files import FileStore
+
+    files = FileStore(tmp_path, "/fal-local", 1024, 4096, ("text/plain",))
+    fresh = await files.initiate({"content_type": "text/plain", "file_name": "a.txt"},
+                                 owner="ip:127.0.0.1", base="http://127.0.0.1:1")
+    stale = tmp_path / "pending" / f"{'s' * 24}.json"
+    stale.write_text('{"expires": 1, "content_type": "text/plain"}')
+    files.purge(older_than=0)
+    assert not stale.exists()
+    remaining = list((tmp_path / "pending").glob("*.json"))
+    assert len(remaining) == 1 and remaining[0].stem in fresh["upload_url"]

@@ -158,5 +158,13 @@ class FileStore:
                     path.unlink(missing_ok=True)
                 meta_path.parent.rmdir()
                 count += 1
+        now = time.time()
+        for pending in (self.root / "pending").glob("*.json"):  # reservations never used
+            try:
+                expired = json.loads(pending.read_text()).get("expires", 0) <= now
+            except (OSError, ValueError):
+                expired = True
+            if expired:
+                pending.unlink(missing_ok=True)
         self._usage = None
         return count
