@@ -25,13 +25,32 @@ def _configure_logging(settings: Settings) -> None:
     )
 
 
+def _tune_gc() -> None:
+    """Fewer, cheaper garbage collections on the request path.
+
+    Everything imported and built at start-up lives for the whole process: `gc.freeze()` moves
+    it out of the collector's sight, and a larger first-generation threshold runs collections
+    less often (a proxied request allocates many short-lived objects, few of them cyclic).
+    Opt out with FLUX_PROXY_GC_TUNING=0.
+    """
+    if os.environ.get("FLUX_PROXY_GC_TUNING", "1") == "0":
+        return
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 def app_factory() -> object:
     """uvicorn factory for multi-worker serving: settings come from FLUX_PROXY_CONFIG + env."""
     from .app import create_app
 
     settings = load_settings()
     _configure_logging(settings)
-    return create_app(settings)
+    app = create_app(settings)
+    _tune_gc()
+    return app
 
 
 def _describe_mode(settings: Settings) -> str:
@@ -73,6 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=settings.log.level, server_header=False, proxy_headers=False,
         timeout_graceful_shutdown=5,
     )
+    _tune_gc()
     if workers > 1:
         uvicorn.run("proxy.cli:app_factory", factory=True, workers=workers, **common)  # type: ignore[arg-type]
     else:
