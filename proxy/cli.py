@@ -54,14 +54,15 @@ def app_factory() -> object:
 
 
 def _describe_mode(settings: Settings) -> str:
-    from .backends.router import resolved_mode
+    from .backends.router import serving_mode
 
-    if resolved_mode(settings) == "hosted":
+    mode = serving_mode(settings)
+    if mode == "hosted":
         return f"hosted fal API via {settings.upstream.queue}"
     workers = settings.local.worker_list()
     local = settings.local
     jobs = f"Redis at {local.redis_url}" if local.store == "redis" else local.data_dir
-    if all(w.kind == "demo" for w in workers):
+    if mode == "demo":
         return (f"DEMO MODE: local queue with the demo worker (placeholder images, no GPU, no "
                 f"fal key); jobs in {jobs}")
     names = ", ".join(f"{w.name} ({w.kind})" for w in workers)
