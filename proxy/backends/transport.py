@@ -1,136 +1,149 @@
-"""The pooled upstream HTTP client.
+"""The pooled upstream HTTP client behind every hosted call.
 
-Chosen by measurement (see README, "Performance"): on a 2-core box httpx's own transport
-managed about 160 req/s at 64 concurrent connections and `httpx-aiohttp` about 1,150, while
-aiohttp's client directly did about 2,400. The proxy path needs only a handful of calls, so
-aiohttp sits behind this small class and nothing else in the code imports it.
+Chosen by measurement (see README, "Performance"): at 64 concurrent connections on one core
+httpx's own transport managed about 160 req/s, `httpx-aiohttp` about 1,150 and aiohttp's
+client about 2,400; the lean HTTP/1.1 client in `http1.py` (asyncio + httptools) does more
+again and imports in a fraction of aiohttp's time. Nothing else in the proxy path touches it.
 """
 
 from __future__ import annotations
 
-import asyncio
+import ssl
 from collections.abc import AsyncIterator
-
-import aiohttp
-from yarl import URL
 
 from ..headers import filter_response_headers
 from ..settings import UpstreamSettings
 from .base import UpstreamError
+from .http1 import ClientError, Connection, ConnectionPool, Origin
 
-__all__ = ["HttpTransport", "TransportResponse"]
+__all__ = ["HttpTransport", "TransportResponse", "default_ssl_context"]
+
+
+def default_ssl_context() -> ssl.SSLContext:
+    """Verified TLS with the system's CAs, HTTP/1.1 over ALPN."""
+    context = ssl.create_default_context()
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def _upstream_error(exc: ClientError) -> UpstreamError:
+    kind = exc.kind if exc.kind in ("unreachable", "timeout", "too_large") else "failed"
+    return UpstreamError(kind, str(exc), sent=exc.sent)  # type: ignore[arg-type]
 
 
 class TransportResponse:
     """An upstream response with its head received; see `UpstreamResponse`."""
 
-    __slots__ = ("_idle", "_resp", "headers", "status")
+    __slots__ = ("_conn", "_idle", "_open", "_origin", "_pool", "_read_timeout", "headers",
+                 "status")
 
-    def __init__(self, resp: aiohttp.ClientResponse, idle_timeout: float) -> None:
-        self._resp = resp
+    def __init__(self, pool: ConnectionPool, conn: Connection, origin: str,
+                 read_timeout: float, idle_timeout: float) -> None:
+        self._pool = pool
+        self._conn = conn
+        self._origin = origin
+        self._read_timeout = read_timeout
         self._idle = idle_timeout
-        self.status = resp.status
-        self.headers = filter_response_headers(resp.raw_headers)
+        self._open = True
+        self.status = conn.status
+        self.headers = filter_response_headers(conn.raw_headers)
+
+    def _finish(self) -> None:
+        if self._open:
+            self._open = False
+            self._pool.release(self._conn, self._origin)
 
     async def read(self, limit: int) -> bytes:
+        conn = self._conn
         try:
-            length = self._resp.content_length
-            if length is not None and length > limit:
+            if conn.content_length is not None and conn.content_length > limit:
                 raise UpstreamError("too_large", "upstream response too large", sent=True)
-            body = await self._resp.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamError("failed", f"upstream body failed: {exc!r}", sent=True) from exc
-        finally:
-            self._resp.release()
-        if len(body) > limit:
-            raise UpstreamError("too_large", "upstream response too large", sent=True)
-        return body
+            parts: list[bytes] = []
+            size = 0
+            while True:
+                if not await conn.wait_data(self._read_timeout):
+                    raise UpstreamError("timeout", "upstream body timed out", sent=True)
+                data = conn.take()
+                if data:
+                    size += len(data)
+                    if size > limit:
+                        raise UpstreamError("too_large", "upstream response too large",
+                                            sent=True)
+                    parts.append(data)
+                if conn.done and not conn.chunks:
+                    break
+        except ClientError as exc:
+            await self.aclose()
+            raise _upstream_error(exc) from exc
+        except BaseException:
+            await self.aclose()
+            raise
+        self._finish()
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
-        content = self._resp.content
-        while True:
-            try:
-                async with asyncio.timeout(self._idle):
-                    chunk = await content.readany()
-            except (aiohttp.ClientError, TimeoutError):
-                return
-            if not chunk:
-                return
-            yield chunk
+        conn = self._conn
+        try:
+            while True:
+                if not await conn.wait_data(self._idle):
+                    return  # idle past stream_idle_timeout: end the stream
+                data = conn.take()
+                if data:
+                    yield data
+                if conn.done and not conn.chunks:
+                    self._finish()
+                    return
+        except ClientError:
+            return
+        finally:
+            await self.aclose()
 
     async def aclose(self) -> None:
-        # close(), not release(): a stream cut short must drop its connection so that the
-        # upstream sees the disconnect and stops working (and billing).
-        if not self._resp.closed:
-            self._resp.close()
+        # An unfinished response drops its connection, so that the upstream sees the
+        # disconnect and stops working (and billing).
+        if self._open:
+            self._open = False
+            if self._conn.done and not self._conn.chunks:
+                self._pool.release(self._conn, self._origin)
+            else:
+                self._pool.drop(self._conn)
 
 
 class HttpTransport:
-    """One shared aiohttp session: pooled keep-alive, no redirects, no cookies, no env proxies."""
+    """Pooled keep-alive to fal's hosts: no redirects, no cookies, no environment proxies."""
 
-    def __init__(self, settings: UpstreamSettings) -> None:
+    def __init__(self, settings: UpstreamSettings,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self._settings = settings
-        self._session: aiohttp.ClientSession | None = None
-        self._plain_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=settings.connect_timeout,
-            sock_read=settings.first_byte_timeout,
-        )
-        self._stream_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=settings.connect_timeout, sock_read=None
-        )
+        self._ssl_context = ssl_context
+        self._pool: ConnectionPool | None = None
 
-    def _get_session(self) -> aiohttp.ClientSession:
+    def _get_pool(self) -> ConnectionPool:
         # Created lazily inside the running loop; mounted sub-apps get no lifespan events.
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=self._settings.pool_size,
-                limit_per_host=0,
-                keepalive_timeout=self._settings.keepalive_timeout,
-                ttl_dns_cache=300,
+        if self._pool is None:
+            given = self._ssl_context
+            self._pool = ConnectionPool(
+                size=self._settings.pool_size,
+                keepalive=self._settings.keepalive_timeout,
+                connect_timeout=self._settings.connect_timeout,
+                ssl_context=(lambda: given) if given is not None else default_ssl_context,
             )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=False,  # bytes pass through exactly; encodings stay as sent
-                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-                cookie_jar=aiohttp.DummyCookieJar(),
-                trust_env=False,
-                raise_for_status=False,
-            )
-        return self._session
+        return self._pool
 
     async def send(
         self, method: str, url: str, headers: dict[str, str], body: bytes | None, *, stream: bool
     ) -> TransportResponse:
         """Send one request and wait for the response head (bounded by first_byte_timeout)."""
-        session = self._get_session()
-        # encoded=True: the URL was rebuilt from validated parts; yarl must not re-quote or
-        # normalise it (that would change a webhook's encoding).
-        request = session.request(
-            method, URL(url, encoded=True), headers=headers, data=body, allow_redirects=False,
-            timeout=self._stream_timeout if stream else self._plain_timeout,
-            compress=None, chunked=None,
-        )
+        pool = self._get_pool()
+        up = self._settings
         try:
-            if stream:  # streams have no read timeout, so bound the wait for the head here
-                async with asyncio.timeout(self._settings.first_byte_timeout):
-                    resp = await request
-            else:  # aiohttp's sock_read timeout bounds it (cheaper: no timer per request)
-                resp = await request
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamError(
-                "unreachable", f"cannot connect to upstream: {exc}", sent=False
-            ) from exc
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise UpstreamError("timeout", "upstream connect timeout", sent=False) from exc
-        except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
-            raise UpstreamError("timeout", "upstream did not answer in time", sent=True) from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                "failed", f"upstream connection failed: {exc!r}", sent=True
-            ) from exc
-        return TransportResponse(resp, self._settings.stream_idle_timeout)
+            conn = await pool.request(method, url, headers, body, up.first_byte_timeout)
+        except ClientError as exc:
+            raise _upstream_error(exc) from exc
+        return TransportResponse(pool, conn, Origin.split(url)[0], up.first_byte_timeout,
+                                 up.stream_idle_timeout)
 
     async def aclose(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
+        if self._pool is not None:
+            self._pool.close()
+        self._pool = None
