@@ -20,6 +20,12 @@ def _load(config: str | None) -> Settings:
 
 
 def _configure_logging(settings: Settings) -> None:
+    # The logging HOWTO's "Optimization" switches: the access log writes a line per request
+    # and needs no caller frame, thread or process names (saves a few µs per line).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     logging.basicConfig(
         level=settings.log.level.upper(), stream=sys.stderr, format="%(name)s %(message)s"
     )

@@ -6,6 +6,8 @@ embedded. With several worker processes each has its own registry: scrape each w
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -46,6 +48,10 @@ class Metrics:
         self.cost = Counter(
             "flux_proxy_cost_units", "Cost units of upstream-accepted requests.",
             ["endpoint"], registry=registry)
+        # `.labels()` costs a few microseconds (it validates and joins the values); every
+        # request needs one counter and one histogram child, so keep them.
+        self._request_children: dict[tuple[str, int], Any] = {}
+        self._latency_children: dict[str, Any] = {}
 
     # -- hooks ---------------------------------------------------------------------------
 
@@ -71,9 +77,18 @@ class Metrics:
 
     def record(self, request: ProxyRequest | None, outcome: Outcome) -> None:
         operation = request.target.operation.value if request is not None else "invalid"
-        self.requests.labels(operation, str(outcome.status)).inc()
+        key = (operation, outcome.status)
+        counter = self._request_children.get(key)
+        if counter is None:
+            counter = self._request_children[key] = self.requests.labels(
+                operation, str(outcome.status))
+        counter.inc()
         if request is not None and request.upstream_ms is not None:
-            self.upstream_latency.labels(operation).observe(request.upstream_ms / 1000)
+            histogram = self._latency_children.get(operation)
+            if histogram is None:
+                histogram = self._latency_children[operation] = self.upstream_latency.labels(
+                    operation)
+            histogram.observe(request.upstream_ms / 1000)
 
     # -- exposition ----------------------------------------------------------------------
 

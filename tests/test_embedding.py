@@ -116,3 +116,34 @@ def test_middleware_passes_other_paths_and_methods(fake_fal: FakeFal) -> None:
         refused = httpx.post(server.url + "/api/fal/proxy", content=b"{}")
         assert refused.status_code == 400 and "x-fal-target-url" in refused.json()["detail"]
     assert fake_fal.records == []
+
+
+def test_middleware_added_to_the_standalone_app_sees_proxy_requests(fake_fal: FakeFal) -> None:
+    """create_app answers the proxy route ahead of Starlette's stack only while nothing else
+    is in it: middleware a user adds (here, one tagging responses) must see proxy requests."""
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+    from proxy.app import create_app
+
+    class Tag:
+        def __init__(self, app: ASGIApp) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            async def tagged(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message["headers"], (b"x-tagged", b"1")]
+                await send(message)
+
+            await self.app(scope, receive, tagged)
+
+    target = {"x-fal-target-url": "https://queue.fal.run/fal-ai/flux/dev"}
+    plain = create_app(proxy_settings(fake_fal))
+    tagged_app = create_app(proxy_settings(fake_fal))
+    tagged_app.add_middleware(Tag)
+    for app, tagged in ((plain, False), (tagged_app, True)):
+        with ServerHandle(app) as server:
+            resp = httpx.post(server.url + "/api/fal/proxy", headers=target, json=INPUT)
+        assert resp.status_code == 200, resp.text
+        assert ("x-tagged" in resp.headers) is tagged
+    assert len(fake_fal.requests(method="POST")) == 2

@@ -255,7 +255,8 @@ class ConnectionPool:
     ) -> None:
         self._idle: dict[str, deque[Connection]] = {}
         self._origins: dict[str, Origin] = {}
-        self._slots = asyncio.Semaphore(size)
+        self._in_use = 0
+        self._waiting: deque[asyncio.Future[None]] = deque()
         self._size = size
         self._keepalive = keepalive
         self._connect_timeout = connect_timeout
@@ -279,7 +280,7 @@ class ConnectionPool:
         origin_text, target = Origin.split(url)
         origin = self.origin(origin_text)
         data = _serialise(method, target, origin.host_header, headers, body)
-        await self._slots.acquire()
+        await self._acquire_slot()
         try:
             conn = self._pop_idle(origin_text)
             if conn is None:
@@ -294,10 +295,34 @@ class ConnectionPool:
                 conn = await self._connect(origin)
                 await self._send(conn, data, head_timeout)
         except BaseException:
-            self._slots.release()
+            self._release_slot()
             raise
         conn.idle_in = None
         return conn
+
+    async def _acquire_slot(self) -> None:
+        # A semaphore, minus the coroutine machinery on the (usual) uncontended path.
+        if self._in_use < self._size and not self._waiting:
+            self._in_use += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        try:
+            await waiter  # resolved by _release_slot, which hands its slot over
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._release_slot()  # handed a slot just as we were cancelled: pass it on
+            elif waiter in self._waiting:
+                self._waiting.remove(waiter)
+            raise
+
+    def _release_slot(self) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes straight to the next waiter
+                return
+        self._in_use -= 1
 
     async def _send(self, conn: Connection, data: bytes, timeout: float) -> None:
         head = conn.start(data)
@@ -312,7 +337,7 @@ class ConnectionPool:
 
     def release(self, conn: Connection, origin_url: str) -> None:
         """Give a finished connection back: to the idle pool if reusable, else closed."""
-        self._slots.release()
+        self._release_slot()
         if conn.closed or not conn.done or not conn.keep_alive or conn.chunks:
             conn.close()
             return
@@ -332,7 +357,7 @@ class ConnectionPool:
 
     def drop(self, conn: Connection) -> None:
         """Close a connection whose response was not read to the end."""
-        self._slots.release()
+        self._release_slot()
         conn.close()
 
     def _pop_idle(self, origin_url: str) -> Connection | None:
