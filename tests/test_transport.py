@@ -349,3 +349,38 @@ async def test_https_upstreams_are_verified(serve) -> None:
     finally:
         await client.aclose()
         await default.aclose()
+
+
+async def test_an_endless_response_head_is_refused(serve) -> None:
+    async def huge_head(conn: Conn) -> None:
+        await conn.request()
+        await conn.reply(b"HTTP/1.1 200 OK\r\n")
+        for i in range(2000):
+            await conn.reply(b"x-pad-%d: %s\r\n" % (i, b"v" * 100))
+
+    server = await serve(huge_head)
+    client = transport()
+    try:
+        with pytest.raises(UpstreamError) as info:
+            await client.send("GET", server.url + "/", {}, None, stream=False)
+        assert info.value.kind == "failed"
+        await asyncio.wait_for(server.closed_by_client.wait(), 5)
+    finally:
+        await client.aclose()
+
+
+async def test_bytes_sent_on_an_idle_connection_retire_it(serve) -> None:
+    async def chatty(conn: Conn) -> None:
+        while await conn.request():
+            await conn.reply(ok(b"{}") + b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n{\"bad\":1}")
+
+    server = await serve(chatty)
+    client = transport()
+    try:
+        for _ in range(2):
+            resp = await client.send("GET", server.url + "/", {}, None, stream=False)
+            assert await resp.read(100) == b"{}"  # never the stray response
+            await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+    assert server.connections == 2

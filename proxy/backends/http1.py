@@ -27,6 +27,7 @@ __all__ = ["ClientError", "Connection", "ConnectionPool", "Origin"]
 
 _HIGH_WATER = 256 * 1024  # pause reading an unread stream past this many buffered bytes
 _LOW_WATER = 64 * 1024
+_MAX_HEAD = 64 * 1024  # response header bytes; llhttp itself sets no limit
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 
@@ -83,6 +84,7 @@ class Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.active = False  # a request is in flight; bytes at any other time are an error
         self.reused = False
         self.idle_since = 0.0
         self.idle_in: deque[Connection] | None = None
@@ -91,6 +93,7 @@ class Connection(asyncio.Protocol):
     def _reset(self) -> None:
         self.status = 0
         self.raw_headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
         self.content_length: int | None = None
         self._until_close = False
         self._head: asyncio.Future[None] | None = None
@@ -108,10 +111,17 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if not self.active:  # unsolicited bytes on an idle connection: never trust it again
+            self.close()
+            return
         self.received_any = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            if self.done:  # bytes after our complete response: keep it, retire the socket
+                self.keep_alive = False
+                self.close()
+                return
             self._fail(ClientError("failed", f"malformed upstream response: {exc}", sent=True))
             return
         if self.buffered > _HIGH_WATER and not self._paused and self.transport is not None:
@@ -137,7 +147,13 @@ class Connection(asyncio.Protocol):
             self._fail(ClientError("failed", "upstream closed the connection", sent=True))
 
     # -- httptools callbacks -----------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.done:
+            raise ValueError("a second response to one request")  # stops the parse
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > _MAX_HEAD:
+            raise ValueError("upstream response head too large")  # fails the parse
         self.raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -179,6 +195,7 @@ class Connection(asyncio.Protocol):
     def start(self, data: bytes) -> asyncio.Future[None]:
         """Send one request; the returned future resolves when the response head is in."""
         self._reset()
+        self.active = True
         self._head = head = self._loop.create_future()
         assert self.transport is not None
         self.transport.write(data)
@@ -338,6 +355,7 @@ class ConnectionPool:
     def release(self, conn: Connection, origin_url: str) -> None:
         """Give a finished connection back: to the idle pool if reusable, else closed."""
         self._release_slot()
+        conn.active = False
         if conn.closed or not conn.done or not conn.keep_alive or conn.chunks:
             conn.close()
             return
