@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .asgi_types import Receive, Scope, Send
 from .backends.base import Backend, UpstreamError, UpstreamResponse
@@ -28,6 +29,7 @@ __all__ = ["Pipeline", "Stage", "Stages"]
 _LOG = logging.getLogger("flux_proxy")
 
 Stage = Callable[[ProxyRequest], Awaitable[None]]
+_T = TypeVar("_T")
 
 _TARGET_HEADER = b"x-fal-target-url"
 _METHODS = frozenset({"GET", "POST", "PUT"})
@@ -80,11 +82,17 @@ class Pipeline:
         try:
             request = await self._admit(scope, receive)
             await self._guard(request)
-            if request.target.operation is Operation.RUN:
+            operation = request.target.operation
+            if operation is Operation.RUN:
                 # A sync run can take many seconds of billed work: if the caller leaves,
                 # stop waiting and drop the upstream connection (the stream path does too).
                 await _unless_disconnected(
                     self._forward_and_respond(request, outcome, receive, send), receive)
+            elif operation is Operation.STREAM:
+                # A streamed run's head can wait for a runner: same rule until it arrives,
+                # then the stream's own watcher takes over.
+                upstream = await _unless_disconnected(self._forward(request, outcome), receive)
+                await self._respond(request, upstream, outcome, receive, send)
             else:
                 await self._forward_and_respond(request, outcome, receive, send)
         except ProxyError as exc:
@@ -213,7 +221,7 @@ async def _wait_disconnect(receive: Receive) -> None:
         pass
 
 
-async def _unless_disconnected(work: Awaitable[None], receive: Receive) -> None:
+async def _unless_disconnected(work: Awaitable[_T], receive: Receive) -> _T:
     """Run `work`; if the client disconnects first, cancel it and raise `_ClientGone`."""
     task = asyncio.ensure_future(work)
     watch = asyncio.ensure_future(_wait_disconnect(receive))
@@ -227,6 +235,11 @@ async def _unless_disconnected(work: Awaitable[None], receive: Receive) -> None:
         await asyncio.gather(watch, return_exceptions=True)
         return task.result()
     await asyncio.gather(task, return_exceptions=True)
+    if task.done() and not task.cancelled() and task.exception() is None:
+        # It finished just as the client left: release what it holds (an upstream response).
+        aclose = getattr(task.result(), "aclose", None)
+        if aclose is not None:
+            await aclose()
     raise _ClientGone
 
 
