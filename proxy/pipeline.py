@@ -22,7 +22,7 @@ from .backends.base import Backend, UpstreamError, UpstreamResponse
 from .context import Outcome, ProxyRequest
 from .errors import ProxyError
 from .observability import AccessLog
-from .target import Operation, TargetError, parse_target
+from .target import Operation, Target, TargetError, parse_target
 
 __all__ = ["Pipeline", "Stage", "Stages"]
 
@@ -32,6 +32,7 @@ Stage = Callable[[ProxyRequest], Awaitable[None]]
 _T = TypeVar("_T")
 
 _TARGET_HEADER = b"x-fal-target-url"
+_TARGET_CACHE = 4096
 _METHODS = frozenset({"GET", "POST", "PUT"})
 # Operations that start billed work upstream: if we cannot tell whether the upstream accepted
 # them, we must not answer with a status the fal client retries (429/502/503/504).
@@ -74,6 +75,9 @@ class Pipeline:
         self._max_body = max_body_bytes
         self._max_response = max_response_bytes
         self._log = access_log
+        # Status polls repeat the same target twice a second per job: parse each once.
+        # Only valid targets are kept (Target is immutable), and the map is bounded.
+        self._targets: dict[tuple[str, str], Target] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -127,11 +131,17 @@ class Pipeline:
             if name == _TARGET_HEADER:
                 raw_target = value.decode("latin-1")
                 break
-        try:
-            target = parse_target(raw_target, method)
-        except TargetError as exc:
-            extra = {"allow": ", ".join(exc.allow)} if exc.allow else None
-            raise ProxyError(exc.status, exc.detail, headers=extra) from None
+        target = self._targets.get((raw_target, method)) if raw_target else None
+        if target is None:
+            try:
+                target = parse_target(raw_target, method)
+            except TargetError as exc:
+                extra = {"allow": ", ".join(exc.allow)} if exc.allow else None
+                raise ProxyError(exc.status, exc.detail, headers=extra) from None
+            if raw_target is not None:
+                if len(self._targets) >= _TARGET_CACHE:
+                    self._targets.clear()
+                self._targets[(raw_target, method)] = target
         body = await self._read_body(headers, receive) if method != "GET" else b""
         return ProxyRequest(scope=scope, method=method, headers=headers, target=target,
                             body=body)
