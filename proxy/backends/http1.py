@@ -150,6 +150,7 @@ class Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self.done:
             raise ValueError("a second response to one request")  # stops the parse
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value)
         if self._head_bytes > _MAX_HEAD:
