@@ -94,8 +94,10 @@ def _serve(args: argparse.Namespace) -> int:
         f"(proxy route {settings.server.route}, {mode})",
         file=sys.stderr, flush=True,
     )
+    # ws="none": nothing here speaks websockets, and uvicorn's "auto" imports the websockets
+    # package (~15 ms of cold start) just in case.
     common = dict(
-        host=host, port=port, loop="auto", http="auto", access_log=False,
+        host=host, port=port, loop="auto", http="auto", ws="none", access_log=False,
         log_level=settings.log.level, server_header=False, proxy_headers=False,
         timeout_graceful_shutdown=5,
     )
@@ -141,7 +143,11 @@ def _usage(args: argparse.Namespace) -> int:
                        as_json=args.json)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; the worker's flags only when `command` is "worker".
+
+    Wiring them imports the worker's settings, which `serve` (and its cold start) need not pay.
+    """
     parser = argparse.ArgumentParser(
         prog="flux-proxy", description="A secure, fast proxy for fal's @fal-ai/client."
     )
@@ -174,21 +180,24 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--config", default=None, help="TOML config file (or FLUX_PROXY_CONFIG)")
     usage.set_defaults(func=_usage)
 
-    from .worker import cli as worker_cli  # argument wiring only; torch loads in run()
-
     worker = sub.add_parser(
         "worker", help="run a local FLUX.1 [dev] GPU worker (needs the 'gpu' extra)",
         description="Serve FLUX.1 [dev] from a local diffusers-format directory over the "
                     "fal-style worker contract; point the proxy's [[local.workers]] at it. "
                     "Guide and contract: docs/worker.md.",
     )
-    worker_cli.add_arguments(worker)
-    worker.set_defaults(func=worker_cli.run)
+    if command == "worker":
+        from .worker import cli as worker_cli  # argument wiring only; torch loads in run()
+
+        worker_cli.add_arguments(worker)
+        worker.set_defaults(func=worker_cli.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # No global option takes a value, so the first word is the sub-command (or an option).
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         code: int = args.func(args)
     except ConfigError as exc:

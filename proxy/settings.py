@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
-import tomllib
 import types
 import typing
 from collections.abc import Mapping
@@ -348,6 +347,8 @@ GENERIC_ENV_PREFIX = "FLUX_PROXY__"
 
 def _env_value(raw: str) -> Any:
     """`FLUX_PROXY__a__b=<TOML value>`; a bare word that is not TOML is taken as a string."""
+    import tomllib  # only with a config file or overrides: `FAL_KEY=... serve` starts without
+
     try:
         return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
@@ -376,6 +377,8 @@ def load_settings(
     path = path or env.get("FLUX_PROXY_CONFIG") or None
     data: dict[str, Any] = {}
     if path is not None:
+        import tomllib
+
         file = Path(path)
         try:
             with file.open("rb") as fh:
