@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from proxy.backends.local.sqlite_store import SqliteJobStore
 from tests.fakes.fal_upstream import FakeFal
 from tests.fakes.fal_worker import FakeWorker
 from tests.fakes.server import ServerHandle
@@ -305,3 +307,30 @@ def test_a_sync_run_whose_caller_leaves_is_cancelled(tmp_path: Path) -> None:
                     headers={"x-fal-target-url": "https://fal.run/fal-ai/flux/dev"})
             wait_until(lambda: len(worker.cancelled) == 1)
     assert sum(worker.completed.values()) == 0
+
+
+def test_status_stream_sees_a_change_made_by_another_process(tmp_path: Path) -> None:
+    # No worker can take the job (nothing listens there): it waits until the change below.
+    settings = local_settings(tmp_path, [{"kind": "http", "url": "http://127.0.0.1:9"}],
+                              keepalive_seconds=30, poll_interval=0.05)
+    with running_proxy(settings) as server:
+        proxy = proxy_url(server, settings)
+        rid = Queue(proxy).submit(INPUT).json()["request_id"]
+        target = f"https://queue.fal.run/fal-ai/flux/requests/{rid}/status/stream"
+        with httpx.stream("GET", proxy, headers={"x-fal-target-url": target},
+                          timeout=20) as resp:
+            lines = resp.iter_lines()
+            assert json.loads(next(line for line in lines if line)[5:])["status"] == "IN_QUEUE"
+            # Another process finishes the job: no in-process notice reaches the stream.
+            asyncio.run(_finish_elsewhere(tmp_path / "jobs.sqlite3", fal_id(rid)))
+            rest = [json.loads(line[5:]) for line in lines if line.startswith("data:")]
+    assert [event["status"] for event in rest] == ["COMPLETED"]
+
+
+async def _finish_elsewhere(path: Path, job_id: str) -> None:
+    store = SqliteJobStore(path)
+    await store.open()
+    try:
+        assert await store.finish(job_id, 200, b'{"images":[]}')
+    finally:
+        await store.close()

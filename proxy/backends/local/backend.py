@@ -31,6 +31,7 @@ from .media_app import MediaApp
 from .queue import SseResponse, json_response, sse_event, status_body, urls
 from .settings import LocalSettings
 from .store import Job, JobStore
+from .watch import StatusWatch
 from .webhooks import WebhookSender
 from .workers import build_worker
 
@@ -48,6 +49,8 @@ class LocalBackend:
         root = Path(cfg.data_dir)
         self.store: JobStore = store or _build_store(cfg)
         self.hub = Hub()
+        self.watch = StatusWatch(self.store, self.settings.poll_interval)
+        self.hub.listeners.append(self.watch.notify)
         self.images = ImageStore(root / "images", cfg.path)
         self.files = FileStore(root / "uploads", cfg.path, cfg.upload_max_bytes,
                                cfg.upload_quota_bytes, cfg.upload_content_types)
@@ -89,6 +92,7 @@ class LocalBackend:
         if self._started:
             self._started = False
             await self.dispatcher.aclose()
+            await self.watch.aclose()
             await self.webhooks.aclose()
             await self.store.close()
 
@@ -204,29 +208,32 @@ class LocalBackend:
         """One event per change; a comment every `keepalive_seconds`; closes after COMPLETED.
 
         Each event carries only the log lines not sent before: the fal client appends them.
+        Between changes the stream reads nothing: `StatusWatch` tells it when to look again.
         """
         last: Any = None
         sent_logs = 0
         quiet_since = time.monotonic()
-        while True:
-            job = await self.store.get(job_id, logs=with_logs)
-            if job is None:
-                return
-            position = await self.store.position(job_id) if job.status == "IN_QUEUE" else 0
-            all_logs = job.logs
-            job.logs = all_logs[sent_logs:]
-            body = status_body(job, position, with_logs)
-            if body != last or job.logs:
-                last = body
-                sent_logs = len(all_logs)
-                quiet_since = time.monotonic()
-                yield sse_event(body)
-                if job.status == "COMPLETED":
+        keepalive = self.settings.keepalive_seconds
+        with self.watch.watching(job_id):
+            while True:
+                job = await self.store.get(job_id, logs=with_logs)
+                if job is None:
                     return
-            elif time.monotonic() - quiet_since >= self.settings.keepalive_seconds:
-                quiet_since = time.monotonic()
-                yield b": ping\n\n"
-            await self.hub.wait(job_id, self.settings.poll_interval)
+                position = await self.store.position(job_id) if job.status == "IN_QUEUE" else 0
+                all_logs = job.logs
+                job.logs = all_logs[sent_logs:]
+                body = status_body(job, position, with_logs)
+                if body != last or job.logs:
+                    last = body
+                    sent_logs = len(all_logs)
+                    quiet_since = time.monotonic()
+                    yield sse_event(body)
+                    if job.status == "COMPLETED":
+                        return
+                while not await self.watch.wait(
+                        job_id, max(0.0, quiet_since + keepalive - time.monotonic())):
+                    quiet_since = time.monotonic()
+                    yield b": ping\n\n"
 
     async def _stream_run(self, job_id: str) -> AsyncIterator[bytes]:
         """`fal.stream`: progress events while it runs, the output (or error) last."""

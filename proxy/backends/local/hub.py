@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 __all__ = ["Hub"]
 
@@ -16,8 +17,11 @@ class Hub:
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = {}
         self.queue_changed = asyncio.Event()  # a job was enqueued (dispatchers wake up)
+        self.listeners: list[Callable[[str], None]] = []  # told of every notice (StatusWatch)
 
     def notify(self, job_id: str) -> None:
+        for listener in self.listeners:
+            listener(job_id)
         event = self._events.pop(job_id, None)
         if event is not None:
             event.set()

@@ -20,6 +20,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Hashable
 from typing import Any
 
 from redis.asyncio import ConnectionPool, Redis
@@ -341,6 +342,20 @@ class RedisJobStore:
     async def position(self, job_id: str) -> int:
         rank: Any = await self._db.zrank(self._key("queue"), job_id)
         return int(rank) if rank is not None else 0
+
+    async def fingerprints(self, job_ids: list[str]) -> dict[str, Hashable]:
+        async with self._db.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hmget(self._key("job", job_id), ["status", "progress"])
+                pipe.zrank(self._key("queue"), job_id)
+                pipe.llen(self._key("logs", job_id))
+            replies: list[Any] = await pipe.execute()
+        out: dict[str, Hashable] = {}
+        for i, job_id in enumerate(job_ids):
+            (status, progress), rank, logs = replies[3 * i: 3 * i + 3]
+            if status is not None:
+                out[job_id] = (status, rank, progress, logs)
+        return out
 
     async def depth(self) -> int:
         return int(await self._db.zcard(self._key("queue")))

@@ -13,7 +13,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -217,6 +217,17 @@ class SqliteJobStore:
                 "SELECT COUNT(*) FROM jobs WHERE status='IN_QUEUE' AND seq < "
                 "(SELECT seq FROM jobs WHERE id=?)", (job_id,)).fetchone()
             return int(ahead)
+
+        return await self._run(do)
+
+    async def fingerprints(self, job_ids: list[str]) -> dict[str, Hashable]:
+        def do(db: sqlite3.Connection) -> dict[str, Hashable]:
+            ahead = {row[0]: i for i, row in enumerate(db.execute(
+                "SELECT id FROM jobs WHERE status='IN_QUEUE' ORDER BY seq"))}
+            rows = db.execute(
+                "SELECT id, status, progress, (SELECT COUNT(*) FROM logs WHERE job_id=jobs.id) "
+                "FROM jobs WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(job_ids),))
+            return {r[0]: (r[1], ahead.get(r[0], 0), r[2], r[3]) for r in rows}
 
         return await self._run(do)
 

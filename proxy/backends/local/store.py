@@ -13,6 +13,7 @@ processes wake early (they re-read the store every `poll_interval` regardless).
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -84,6 +85,9 @@ class JobStore(Protocol):
 
     async def position(self, job_id: str) -> int:
         """How many queued jobs are ahead of this one."""
+
+    async def fingerprints(self, job_ids: list[str]) -> dict[str, Hashable]:
+        """Existing jobs' status, queue position, progress and log count, in one read."""
 
     async def depth(self) -> int:
         """How many jobs are waiting (IN_QUEUE)."""
