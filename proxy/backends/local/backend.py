@@ -214,7 +214,7 @@ class LocalBackend:
         sent_logs = 0
         quiet_since = time.monotonic()
         keepalive = self.settings.keepalive_seconds
-        with self.watch.watching(job_id):
+        with self.watch.watching(job_id) as watcher:
             while True:
                 job = await self.store.get(job_id, logs=with_logs)
                 if job is None:
@@ -230,8 +230,8 @@ class LocalBackend:
                     yield sse_event(body)
                     if job.status == "COMPLETED":
                         return
-                while not await self.watch.wait(
-                        job_id, max(0.0, quiet_since + keepalive - time.monotonic())):
+                while not await watcher.wait(
+                        max(0.0, quiet_since + keepalive - time.monotonic())):
                     quiet_since = time.monotonic()
                     yield b": ping\n\n"
 

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Hashable, Iterator
 from typing import Protocol
 
-__all__ = ["Fingerprints", "StatusWatch"]
+__all__ = ["Fingerprints", "StatusWatch", "Watcher"]
 
 log = logging.getLogger("flux_proxy.local")
 _UNSEEN = object()
@@ -26,62 +26,81 @@ class Fingerprints(Protocol):
         """For each job that exists: what its status events show, as a comparable value."""
 
 
+class Watcher:
+    """One stream's view of its job: whether it changed since the stream last looked."""
+
+    __slots__ = ("changed", "waiter")
+
+    def __init__(self) -> None:
+        self.changed = False
+        self.waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        self.changed = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def wait(self, timeout: float) -> bool:
+        """True once the job changed since the last call; False after `timeout` seconds.
+
+        A bare future and a timer, not `wait_for` (a task per idle stream): less memory.
+        """
+        if not self.changed:
+            loop = asyncio.get_running_loop()
+            self.waiter = waiter = loop.create_future()
+            timer = loop.call_later(timeout, _expire, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self.waiter = None
+        changed, self.changed = self.changed, False
+        return changed
+
+
 class StatusWatch:
-    """Per watched job, an event set when the job changed (notice or tick) and not yet seen."""
+    """Wakes each status stream when its job changed (a `Hub` notice, or the shared tick)."""
 
     def __init__(self, store: Fingerprints, interval: float) -> None:
         self._store = store
         self._interval = interval
-        self._changed: dict[str, asyncio.Event] = {}
-        self._count: dict[str, int] = {}
+        self._watchers: dict[str, list[Watcher]] = {}
         self._seen: dict[str, object] = {}
         self._task: asyncio.Task[None] | None = None
 
     @contextlib.contextmanager
-    def watching(self, job_id: str) -> Iterator[None]:
+    def watching(self, job_id: str) -> Iterator[Watcher]:
         """Watch `job_id` for the duration (a stream's life)."""
-        if job_id not in self._count:
-            self._count[job_id] = 0
-            self._changed[job_id] = asyncio.Event()
-        self._count[job_id] += 1
+        watcher = Watcher()
+        self._watchers.setdefault(job_id, []).append(watcher)
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._run())
         try:
-            yield
+            yield watcher
         finally:
-            self._count[job_id] -= 1
-            if not self._count[job_id]:
-                for table in (self._count, self._changed, self._seen):
-                    table.pop(job_id, None)
+            others = self._watchers[job_id]
+            others.remove(watcher)
+            if not others:
+                del self._watchers[job_id]
+                self._seen.pop(job_id, None)
 
     def notify(self, job_id: str) -> None:
         """The job changed (a `Hub` listener, and the tick)."""
-        event = self._changed.get(job_id)
-        if event is not None:
-            event.set()
-
-    async def wait(self, job_id: str, timeout: float) -> bool:
-        """True once the watched job changed since the last call; False after `timeout`."""
-        event = self._changed[job_id]
-        if not event.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), timeout)
-        changed = event.is_set()
-        event.clear()
-        return changed
+        for watcher in self._watchers.get(job_id, ()):
+            watcher.wake()
 
     async def _run(self) -> None:
-        while self._count:
+        while self._watchers:
             await asyncio.sleep(self._interval)
-            ids = list(self._count)
+            ids = list(self._watchers)
             try:
                 current = await self._store.fingerprints(ids)
             except Exception:  # a store hiccup: streams keep their keepalive; next tick retries
                 log.exception("status streams: reading the job store failed")
                 continue
             for job_id in ids:
-                if job_id not in self._count:
-                    continue  # its stream ended meanwhile
+                if job_id not in self._watchers:
+                    continue  # its streams ended meanwhile
                 now = current.get(job_id)
                 before = self._seen.get(job_id, _UNSEEN)
                 self._seen[job_id] = now
@@ -90,8 +109,14 @@ class StatusWatch:
                     self.notify(job_id)
 
     async def aclose(self) -> None:
+        """Stop the tick (the backend is closing)."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
