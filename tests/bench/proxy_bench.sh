@@ -7,8 +7,8 @@
 #
 # Defaults follow the harness README: ours pinned to CPU 0 like the peers, wrk on CPU 1,
 # 64 connections. Options after `--` go to run.sh unchanged (e.g. --rounds 3). Afterwards it
-# runs the idle-stream (tests/bench/idle_streams.py) and cold-start (cold_start.py) figures
-# unless --no-extras. Two workers on both cores:
+# runs the idle-stream (tests/bench/idle_streams.py, hosted and local) and cold-start
+# (cold_start.py) figures unless --no-extras. Two workers on both cores:
 #   tests/bench/proxy_bench.sh --workers 2 --cpu none -- --wrk-cpu none --server-cpu none
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -56,5 +56,6 @@ bash "$BENCH/run.sh" --fal-target "ours=http://127.0.0.1:$PORT/api/fal/proxy" "$
 kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true
 if ((EXTRAS)); then
   python3 tests/bench/idle_streams.py
+  python3 tests/bench/idle_streams.py --backend local
   python3 tests/bench/cold_start.py
 fi
