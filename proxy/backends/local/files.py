@@ -91,8 +91,8 @@ class FileStore:
             if usage + len(data) > self.quota_bytes:
                 raise ProxyError(413, "upload quota exceeded", error_type="quota_exceeded")
             await asyncio.to_thread(self._commit, token, meta, data)
-            assert self._usage is not None
-            self._usage[meta["owner"]] = usage + len(data)
+            if self._usage is not None:  # None: a purge reset it; the next scan counts this
+                self._usage[meta["owner"]] = usage + len(data)
 
     def _commit(self, token: str, meta: dict[str, Any], data: bytes) -> None:
         folder = self.root / "files" / meta["file_id"]
@@ -166,5 +166,6 @@ class FileStore:
                 expired = True
             if expired:
                 pending.unlink(missing_ok=True)
-        self._usage = None
+        if count:
+            self._usage = None  # recounted from disk on next use
         return count
