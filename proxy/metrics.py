@@ -46,6 +46,7 @@ class Metrics:
         self.cost = Counter(
             "flux_proxy_cost_units", "Cost units of upstream-accepted requests.",
             ["endpoint"], registry=registry)
+        self._usage: dict[str, tuple[Counter, Counter]] = {}
 
     # -- hooks ---------------------------------------------------------------------------
 
@@ -66,8 +67,12 @@ class Metrics:
 
     def used(self, request: ProxyRequest, images: int, cost: float) -> None:
         endpoint = request.target.endpoint_id or request.target.app_id or ""
-        self.images.labels(endpoint).inc(images)
-        self.cost.labels(endpoint).inc(cost)
+        pair = self._usage.get(endpoint)
+        if pair is None:  # endpoints are allowlisted, so few: look their samples up once
+            pair = self._usage[endpoint] = (self.images.labels(endpoint),
+                                            self.cost.labels(endpoint))
+        pair[0].inc(images)
+        pair[1].inc(cost)
 
     def record(self, request: ProxyRequest | None, outcome: Outcome) -> None:
         operation = request.target.operation.value if request is not None else "invalid"
