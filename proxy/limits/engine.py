@@ -69,17 +69,26 @@ def sliding_state(budget: Budget, index: int, prev: int, prev_ttl: float, cur: i
         return Window(budget, item, remaining, 0.0, index)
     reset = math.inf
     if prev:
-        reset = prev_ttl % (expiry / prev)
+        reset = _next_turn(prev_ttl, expiry / prev)
     if cur:
-        reset = min(reset, cur_ttl % expiry)
+        reset = min(reset, _next_turn(cur_ttl, expiry))
     return Window(budget, item, remaining, max(0.0, reset), index)
+
+
+def _next_turn(ttl: float, period: float) -> float:
+    """`ttl % period`, except that a TTL of exactly whole periods is a full period away (Redis
+    freezes time inside a script, so a counter set there reads back 2 x expiry exactly)."""
+    left = ttl % period
+    return period if left == 0 and ttl > 0 else left
 
 
 def moving_state(budget: Budget, index: int, start: float, count: int, now: float) -> Window:
     """A moving window's state from its oldest entry and entry count."""
     item = budget.items[index]
-    return Window(budget, item, max(0, item.amount - count),
-                  max(0.0, start + item.get_expiry() - now), index)
+    expiry = item.get_expiry()
+    # clamped: in Redis, entries of requests admitted together may carry a later client clock
+    reset = min(float(expiry), max(0.0, start + expiry - now))
+    return Window(budget, item, max(0, item.amount - count), reset, index)
 
 
 class KeyCache:
