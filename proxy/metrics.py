@@ -47,6 +47,7 @@ class Metrics:
             "flux_proxy_cost_units", "Cost units of upstream-accepted requests.",
             ["endpoint"], registry=registry)
         self._usage: dict[str, tuple[Counter, Counter]] = {}
+        self._requests: dict[tuple[str, int], Counter] = {}
 
     # -- hooks ---------------------------------------------------------------------------
 
@@ -76,7 +77,11 @@ class Metrics:
 
     def record(self, request: ProxyRequest | None, outcome: Outcome) -> None:
         operation = request.target.operation.value if request is not None else "invalid"
-        self.requests.labels(operation, str(outcome.status)).inc()
+        key = (operation, outcome.status)
+        sample = self._requests.get(key)
+        if sample is None:  # operations and statuses are few: look each sample up once
+            sample = self._requests[key] = self.requests.labels(operation, str(outcome.status))
+        sample.inc()
         if request is not None and request.upstream_ms is not None:
             self.upstream_latency.labels(operation).observe(request.upstream_ms / 1000)
 

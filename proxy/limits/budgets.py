@@ -41,7 +41,7 @@ class Budget:
         return max(1, math.ceil(cost * self.scale - 1e-9)) if self.scale > 1 else max(1, int(cost))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built several times per request, and frozen inits are slow
 class Window:
     """The state of one window after a check: for headers and refusals."""
 

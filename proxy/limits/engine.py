@@ -26,7 +26,7 @@ __all__ = ["Admission", "Engine", "KeyCache", "LocalEngine", "Step", "moving_sta
            "sliding_state"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Step:
     """One budget to test (no side effect) or hit with `amount` of its integer units."""
 

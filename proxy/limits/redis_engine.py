@@ -12,15 +12,18 @@ The scripts keep `limits`' own window algorithms, keys and units (its `sliding_w
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import NoScriptError
 
 from .budgets import Budget, Window
 from .engine import Admission, KeyCache, Step, moving_state, sliding_state
 from .store import today
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from .batching import BatchingRedis
 
 __all__ = ["RedisEngine"]
 
@@ -198,13 +201,30 @@ return 1
 """
 
 
+class _Script:
+    """EVALSHA straight through the client (redis-py's Script adds a layer of wrappers per
+    call); loads the script when the server does not know it (first use, restart)."""
+
+    def __init__(self, redis: BatchingRedis, source: str) -> None:
+        self._redis = redis
+        self._source = source
+        self._sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, keys: list[str], *args: Any) -> Any:
+        try:
+            return await self._redis.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self._redis.script_load(self._source)
+            return await self._redis.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+
+
 class RedisEngine:
     """One script call per request stage (see module docstring)."""
 
-    def __init__(self, redis: Redis, prefix: str, *, sliding: bool, cost_sliding: bool,
+    def __init__(self, redis: BatchingRedis, prefix: str, *, sliding: bool, cost_sliding: bool,
                  slot_expiry: float, usage_retention_days: int) -> None:
-        self._admit = redis.register_script(_ADMIT)
-        self._settle = redis.register_script(_SETTLE)
+        self._admit = _Script(redis, _ADMIT)
+        self._settle = _Script(redis, _SETTLE)
         self._limits_prefix = f"{prefix}:limits:"
         self._slots = f"{prefix}:inflight:"
         self._usage = f"{prefix}:usage:"
@@ -251,7 +271,7 @@ class RedisEngine:
         keys.append(self._slots + caller)
         member, limit = slot if slot is not None else ("", 0)
         reply: Any = await self._admit(
-            keys=keys, args=[repr(now), member, limit, self._slot_expiry, "".join(spec)])
+            keys, repr(now), member, limit, self._slot_expiry, "".join(spec))
         fields = reply.split()
         code = int(fields[0])
         if code == 2:
@@ -283,6 +303,6 @@ class RedisEngine:
             keys += budget_keys
             spec += (f"{window} {step.amount};" for window in specs)
         keys += [f"{self._usage}{day}:{caller}", f"{self._usage}{day}", self._slots + caller]
-        await self._settle(keys=keys, args=[
-            repr(time.time()), 1 if usage else 0, images, repr(cost), self._usage_ttl, caller,
-            op, old, new or "", self._slot_expiry, "".join(spec)])
+        await self._settle(
+            keys, repr(time.time()), 1 if usage else 0, images, repr(cost), self._usage_ttl,
+            caller, op, old, new or "", self._slot_expiry, "".join(spec))

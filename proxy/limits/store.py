@@ -46,9 +46,17 @@ class _MemoryStorage(MemoryStorage):
     """
 
 
-for _name in ("incr", "get", "get_expiry", "check", "reset", "clear"):
-    _method = getattr(MemoryStorage, _name)
-    setattr(_MemoryStorage, _name, getattr(_method, "__wrapped__", _method))
+def _unwrapped(name: str) -> object:
+    method = getattr(MemoryStorage, name)
+    while hasattr(method, "__wrapped__"):  # (subclassing wrapped them once more)
+        method = method.__wrapped__
+    return method
+
+
+for _name in ("incr", "get", "get_expiry", "check", "reset", "clear", "acquire_entry",
+              "get_moving_window", "acquire_sliding_window_entry", "get_sliding_window",
+              "clear_sliding_window"):
+    setattr(_MemoryStorage, _name, _unwrapped(_name))
 
 
 def today(now: float | None = None) -> str:
