@@ -325,3 +325,28 @@ async def test_memory_slots_of_callers_who_never_return_are_swept() -> None:
     for i in range(1100):  # ordinary traffic from one caller triggers the periodic sweep
         await slots.acquire("ip:127.0.0.1", f"m{i}", 0)
     assert list(slots._slots) == ["ip:127.0.0.1"]
+
+
+async def test_memory_windows_count_exactly_and_expired_ones_are_swept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from limits import parse
+    from limits.aio.strategies import MovingWindowRateLimiter
+
+    from proxy.limits import memory_storage
+
+    monkeypatch.setattr(memory_storage, "SWEEP_INTERVAL", 0.05)
+    storage = memory_storage.FastMemoryStorage()
+    limiter = MovingWindowRateLimiter(storage)
+    item = parse("3/second")
+    for i in range(200):  # one-off callers, each leaving entries in a moving window
+        assert await limiter.hit(item, f"ip:10.0.0.{i}")
+    assert [await limiter.hit(item, "ip:127.0.0.1") for _ in range(4)] == [True] * 3 + [False]
+    await asyncio.sleep(1.1)  # every window expired
+    assert await limiter.hit(item, "ip:127.0.0.1")  # counts as before: a fresh window
+    for _ in range(20):  # the next sweep (at most one per interval) frees the expired ones
+        if len(storage.events) == 1:
+            break
+        await asyncio.sleep(0.05)
+        await limiter.hit(item, "ip:127.0.0.1")
+    assert list(storage.events) == [item.key_for("ip:127.0.0.1")]
