@@ -95,7 +95,8 @@ local function moving_hit(key, limit, expiry, amount)
 end
 """
 
-# KEYS: each window's keys (sliding: current, previous; moving: one), then the slot key.
+# KEYS: each window's keys (sliding: current, previous; moving: one), then the slot key
+#       (only when a slot is wanted).
 # ARGV: now, slot member ('' for none), slot limit, slot expiry, then the windows as one
 #       string of "op kind limit expiry amount;" (op t: test, h: hit; kind s: sliding,
 #       m: moving; expiry in s). One string each way: redis-py packs and parses less.
@@ -103,9 +104,9 @@ end
 # looked at, " a b c d" (its state): code 0 admitted, 1 refused by the last window listed,
 # 2 no concurrency slot.
 _ADMIT = _WINDOWS + """
-local slot_key = KEYS[#KEYS]
 local member = ARGV[2]
 local want_slot = member ~= ''
+local slot_key = want_slot and KEYS[#KEYS] or nil
 local out = {0, 0, '0'}
 local function take_slot()
   want_slot = false
@@ -210,7 +211,7 @@ class _Script:
         self._source = source
         self._sha = hashlib.sha1(source.encode()).hexdigest()
 
-    async def __call__(self, keys: list[str], *args: Any) -> Any:
+    async def __call__(self, keys: list[bytes | str], *args: Any) -> Any:
         try:
             return await self._redis.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
         except NoScriptError:
@@ -232,10 +233,10 @@ class RedisEngine:
         self._slot_expiry = slot_expiry
         self._sliding_for = {False: sliding, True: cost_sliding}  # by "is a cost budget"
         self._keys = KeyCache()
-        self._store_keys: dict[tuple[int, str], tuple[list[str], list[str]]] = {}
+        self._store_keys: dict[tuple[int, str], tuple[list[bytes], list[str]]] = {}
 
-    def _windows(self, budget: Budget, caller: str) -> tuple[list[str], list[str]]:
-        """Redis keys and each window's "kind limit expiry", built once per caller."""
+    def _windows(self, budget: Budget, caller: str) -> tuple[list[bytes], list[str]]:
+        """Redis keys (encoded) and each window's "kind limit expiry", built once per caller."""
         cache_key = (id(budget), caller)
         found = self._store_keys.get(cache_key)
         if found is not None:
@@ -243,13 +244,14 @@ class RedisEngine:
         if len(self._store_keys) >= 65536:
             self._store_keys.clear()
         sliding = self._sliding_for[budget.scale > 1]
-        keys: list[str] = []
+        keys: list[bytes] = []
         specs: list[str] = []
         for item, key in zip(budget.items, self._keys(budget, caller), strict=True):
             if sliding:  # limits' layout: "{key}" and "{key}/-1", one cluster slot
-                keys += [f"{self._limits_prefix}{{{key}}}", f"{self._limits_prefix}{{{key}}}/-1"]
+                current = f"{self._limits_prefix}{{{key}}}"
+                keys += [current.encode(), f"{current}/-1".encode()]
             else:
-                keys.append(self._limits_prefix + key)
+                keys.append(f"{self._limits_prefix}{key}".encode())
             specs.append(f"{'s' if sliding else 'm'} {item.amount} {item.get_expiry()}")
         found = self._store_keys[cache_key] = (keys, specs)
         return found
@@ -257,7 +259,7 @@ class RedisEngine:
     async def admit(self, caller: str, tests: list[Step], slot: tuple[str, int] | None,
                     hits: list[Step]) -> Admission:
         now = time.time()
-        keys: list[str] = []
+        keys: list[bytes | str] = []
         spec: list[str] = []
         order: list[tuple[Budget, int]] = []
         for op, steps in (("t ", tests), ("h ", hits)):
@@ -268,8 +270,9 @@ class RedisEngine:
                 for index, window in enumerate(specs):
                     spec += (op, window, tail)
                     order.append((step.budget, index))
-        keys.append(self._slots + caller)
         member, limit = slot if slot is not None else ("", 0)
+        if slot is not None:
+            keys.append(self._slots + caller)
         reply: Any = await self._admit(
             keys, repr(now), member, limit, self._slot_expiry, "".join(spec))
         fields = reply.split()
@@ -296,7 +299,7 @@ class RedisEngine:
         old, new = slot if slot is not None else ("", None)
         op = "" if slot is None else ("d" if new is None else "r")
         images, cost = usage if usage is not None else (0, 0.0)
-        keys: list[str] = []
+        keys: list[bytes | str] = []
         spec: list[str] = []
         for step in consume:
             budget_keys, specs = self._windows(step.budget, caller)
