@@ -116,6 +116,9 @@ async def test_concurrency_released_on_completion_and_cancel(
             assert busy.status_code == 429 and busy.json()["limit"]["budget"] == "concurrency"
             assert len(fake_fal.requests(method="POST")) == 1
             await _wait_completed(http, url, first.json()["request_id"])
+            for _ in range(2):  # polled again after its slot was released: same answer
+                again = await queue_call(http, url, "GET", first.json()["request_id"])
+                assert again.status_code == 200 and again.json()["status"] == "COMPLETED"
             fake_fal.queue_seconds = 30
             second = await submit(http, url)  # the completion freed the slot
             assert second.status_code == 200

@@ -286,7 +286,7 @@ class LimitsGuard:
             _LOG.warning("limits store unavailable while settling a request: %s", exc)
 
     async def _watch_status(self, request: ProxyRequest, status: int, body: bytes) -> bytes:
-        if status == 200 and b"COMPLETED" in body:
+        if status == 200 and b"COMPLETED" in body and not self._already_released(request):
             try:
                 done = json.loads(body).get("status") == "COMPLETED"
             except (ValueError, AttributeError):
@@ -294,6 +294,11 @@ class LimitsGuard:
             if done:
                 await self._release_job(request)
         return body
+
+    def _already_released(self, request: ProxyRequest) -> bool:
+        """A finished job is polled again and again: skip parsing its answer each time."""
+        caller = request.notes.get("limits")
+        return (caller, request.target.request_id) in self._released
 
     async def _settle_polling(self, request: ProxyRequest, outcome: Outcome) -> None:
         op = request.target.operation
