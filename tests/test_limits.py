@@ -238,6 +238,20 @@ def test_real_client_shows_a_429_without_a_retry_storm(fake_fal: FakeFal) -> Non
                   budget="submit", reason="exceeded") == 4
 
 
+async def test_every_budget_off_still_counts_usage(
+    fake_fal: FakeFal, store: dict[str, Any]
+) -> None:
+    settings = proxy_settings(fake_fal, limits=limits(**store))
+    with running_proxy(settings) as server:
+        url, base = proxy_url(server), server.url
+        async with client() as http:
+            answers = [await submit(http, url) for _ in range(3)]
+            text = (await http.get(f"{base}/metrics")).text
+    assert [r.status_code for r in answers] == [200] * 3
+    assert all("ratelimit" not in r.headers for r in answers)
+    assert metric(text, "flux_proxy_cost_units_total", endpoint="fal-ai/flux/dev") == 3
+
+
 async def test_every_window_of_each_strategy_counts_and_reports(
     fake_fal: FakeFal, store: dict[str, Any]
 ) -> None:

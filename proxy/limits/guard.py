@@ -161,7 +161,8 @@ class LimitsGuard:
             slot = (f"pending:{self._slot_prefix}{next(self._slot_numbers)}",
                     policy.concurrency) if policy.concurrency > 0 else None
             hits = [Step(policy.submit, 1)] if policy.submit is not None else []
-            admitted = await self._admit(caller, tests, slot, hits)
+            admitted = await self._admit(caller, tests, slot, hits) if (
+                tests or slot or hits) else None
             if admitted is not None:
                 charge.slot = admitted.slot
                 request.response_headers.extend(rate_limit_headers(admitted.windows, pending))
@@ -226,7 +227,8 @@ class LimitsGuard:
         order += [(s.budget.name, s.budget.fail_open) for s in hits]
         closed = next((name for name, fail_open in order if not fail_open), None)
         _LOG.warning("limits store unavailable (%s budget, failing %s): %s",
-                     closed or order[0][0], "closed" if closed else "open", exc)
+                     closed or (order[0][0] if order else "no"), "closed" if closed else "open",
+                     exc)
         if closed is None:
             return
         self._on_refusal(closed, "unavailable")
