@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.fakes.fal_upstream import FakeFal
+from tests.fakes.redis_server import RedisServer
 from tests.js_client import run_flow
 from tests.limits_support import (
     STREAM,
@@ -30,8 +32,19 @@ def limits(**overrides: Any) -> dict[str, Any]:
     return {**OPEN, **overrides}
 
 
-async def test_concurrent_submits_exactly_the_limit_reach_upstream(fake_fal: FakeFal) -> None:
-    settings = proxy_settings(fake_fal, limits=limits(submit="10/minute"))
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The same user-visible semantics in memory and in Redis (one Lua script per stage)."""
+    if request.param == "memory":
+        return {}
+    redis: RedisServer = request.getfixturevalue("redis_server")
+    return {"storage": redis.url, "key_prefix": f"t{uuid.uuid4().hex}"}
+
+
+async def test_concurrent_submits_exactly_the_limit_reach_upstream(
+    fake_fal: FakeFal, store: dict[str, Any]
+) -> None:
+    settings = proxy_settings(fake_fal, limits=limits(**store, submit="10/minute"))
     with running_proxy(settings) as server:
         url = proxy_url(server)
         async with client() as http:
@@ -50,8 +63,10 @@ async def test_concurrent_submits_exactly_the_limit_reach_upstream(fake_fal: Fak
     assert sorted(policy(r)["submit-1-minute"]["r"] for r in accepted) == list(range(10))
 
 
-async def test_cost_follows_the_input_and_refusals_are_free(fake_fal: FakeFal) -> None:
-    settings = proxy_settings(fake_fal, limits=limits(cost="8/day", submit="100/minute"))
+async def test_cost_follows_the_input_and_refusals_are_free(
+    fake_fal: FakeFal, store: dict[str, Any]
+) -> None:
+    settings = proxy_settings(fake_fal, limits=limits(**store, cost="8/day", submit="100/minute"))
     with running_proxy(settings) as server:
         url = proxy_url(server)
         async with client() as http:
@@ -84,10 +99,13 @@ async def _wait_completed(http: httpx.AsyncClient, url: str, request_id: str) ->
     raise AssertionError("job never completed")
 
 
-async def test_concurrency_released_on_completion_and_cancel(fake_fal: FakeFal) -> None:
+async def test_concurrency_released_on_completion_and_cancel(
+    fake_fal: FakeFal, store: dict[str, Any]
+) -> None:
     fake_fal.queue_seconds, fake_fal.run_seconds = 0.05, 0.05
     # the cap is on the endpoint; status and cancel name only the app and still release it
     settings = proxy_settings(fake_fal, limits=limits(
+        **store,
         concurrency=0, endpoints={"fal-ai/flux/dev": {"concurrency": 1}}))
     with running_proxy(settings) as server:
         url = proxy_url(server)
@@ -98,6 +116,9 @@ async def test_concurrency_released_on_completion_and_cancel(fake_fal: FakeFal) 
             assert busy.status_code == 429 and busy.json()["limit"]["budget"] == "concurrency"
             assert len(fake_fal.requests(method="POST")) == 1
             await _wait_completed(http, url, first.json()["request_id"])
+            for _ in range(2):  # polled again after its slot was released: same answer
+                again = await queue_call(http, url, "GET", first.json()["request_id"])
+                assert again.status_code == 200 and again.json()["status"] == "COMPLETED"
             fake_fal.queue_seconds = 30
             second = await submit(http, url)  # the completion freed the slot
             assert second.status_code == 200
@@ -108,9 +129,11 @@ async def test_concurrency_released_on_completion_and_cancel(fake_fal: FakeFal) 
     assert len(fake_fal.requests(method="POST")) == 3
 
 
-async def test_concurrency_released_when_a_stream_client_disconnects(fake_fal: FakeFal) -> None:
+async def test_concurrency_released_when_a_stream_client_disconnects(
+    fake_fal: FakeFal, store: dict[str, Any]
+) -> None:
     fake_fal.stream_events, fake_fal.stream_delay = 50, 0.2
-    settings = proxy_settings(fake_fal, limits=limits(concurrency=1))
+    settings = proxy_settings(fake_fal, limits=limits(**store, concurrency=1))
     with running_proxy(settings) as server:
         url = proxy_url(server)
         base = url.rsplit("/api", 1)[0]
@@ -139,8 +162,11 @@ async def test_concurrency_released_when_a_stream_client_disconnects(fake_fal: F
     assert len(fake_fal.requests(host="fal.run")) == 2
 
 
-async def test_polling_bucket_exemptions_and_metrics(fake_fal: FakeFal) -> None:
+async def test_polling_bucket_exemptions_and_metrics(
+    fake_fal: FakeFal, store: dict[str, Any]
+) -> None:
     settings = proxy_settings(fake_fal, limits=limits(
+        **store,
         submit="1/minute", polling="5/minute", exempt_callers=["ip:127.0.0.2"]))
     with running_proxy(settings) as server:
         url = proxy_url(server)
@@ -167,8 +193,10 @@ async def test_polling_bucket_exemptions_and_metrics(fake_fal: FakeFal) -> None:
     assert metric(text, "flux_proxy_cost_units_total", endpoint="fal-ai/flux/dev") == 4
 
 
-async def test_global_cost_cap_spans_callers(fake_fal: FakeFal) -> None:
-    settings = proxy_settings(fake_fal, limits=limits(global_cost="2/day", cost="10/day"))
+async def test_global_cost_cap_spans_callers(
+    fake_fal: FakeFal, store: dict[str, Any]
+) -> None:
+    settings = proxy_settings(fake_fal, limits=limits(**store, global_cost="2/day", cost="10/day"))
     with running_proxy(settings) as server:
         url = proxy_url(server)
         async with client() as alice, client("127.0.0.2") as bob:
@@ -180,8 +208,9 @@ async def test_global_cost_cap_spans_callers(fake_fal: FakeFal) -> None:
     assert len(fake_fal.requests(method="POST")) == 2
 
 
-def test_per_endpoint_override(fake_fal: FakeFal) -> None:
+def test_per_endpoint_override(fake_fal: FakeFal, store: dict[str, Any]) -> None:
     settings = proxy_settings(fake_fal, limits=limits(
+        **store,
         submit="5/minute", endpoints={"fal-ai/flux/schnell": {"submit": "1/minute"}}))
     with running_proxy(settings) as server, httpx.Client(timeout=10) as http:
         url = proxy_url(server)
@@ -207,6 +236,66 @@ def test_real_client_shows_a_429_without_a_retry_storm(fake_fal: FakeFal) -> Non
     # the client's own bounded back-off: 1 try + 3 retries, then it gives up with the error
     assert metric(metrics, "flux_proxy_rate_limit_refusals_total",
                   budget="submit", reason="exceeded") == 4
+
+
+async def test_every_budget_off_still_counts_usage(
+    fake_fal: FakeFal, store: dict[str, Any]
+) -> None:
+    settings = proxy_settings(fake_fal, limits=limits(**store))
+    with running_proxy(settings) as server:
+        url, base = proxy_url(server), server.url
+        async with client() as http:
+            answers = [await submit(http, url) for _ in range(3)]
+            text = (await http.get(f"{base}/metrics")).text
+    assert [r.status_code for r in answers] == [200] * 3
+    assert all("ratelimit" not in r.headers for r in answers)
+    assert metric(text, "flux_proxy_cost_units_total", endpoint="fal-ai/flux/dev") == 3
+
+
+async def test_every_window_of_each_strategy_counts_and_reports(
+    fake_fal: FakeFal, store: dict[str, Any]
+) -> None:
+    # submit on sliding-window counters, cost on moving windows: both kinds, two windows each
+    settings = proxy_settings(fake_fal, limits=limits(
+        **store, strategy="sliding-window", cost_strategy="moving-window",
+        submit="3/minute;5/hour", cost="2/minute;3/day"))
+    with running_proxy(settings) as server:
+        url = proxy_url(server)
+        async with client() as http:
+            answers = [await submit(http, url, flux_input(1, "square")) for _ in range(4)]
+    assert [r.status_code for r in answers] == [200, 200, 200, 429]
+    first = answers[0]
+    assert first.headers["ratelimit-policy"] == (
+        '"cost-1-minute";q=2;w=60, "cost-1-day";q=3;w=86400, '
+        '"submit-1-minute";q=3;w=60, "submit-1-hour";q=5;w=3600')
+    # a 512x512 image costs 0.25 units, shown in whole units with this request's cost taken off
+    assert [policy(r)["cost-1-minute"]["r"] for r in answers[:3]] == [1, 1, 1]
+    assert [policy(r)["submit-1-minute"]["r"] for r in answers[:3]] == [2, 1, 0]
+    assert [policy(r)["submit-1-hour"]["r"] for r in answers[:3]] == [4, 3, 2]
+    assert all(0 < policy(r)["submit-1-minute"]["t"] <= 60 for r in answers[:3])
+    refused = answers[3].json()
+    assert refused["limit"]["budget"] == "submit" and refused["limit"]["policy"] == "3 per minute"
+    assert len(fake_fal.requests(method="POST")) == 3
+
+
+async def test_a_refused_submit_gives_its_concurrency_slot_back(
+    fake_fal: FakeFal, store: dict[str, Any]
+) -> None:
+    fake_fal.queue_seconds = 30  # accepted jobs stay queued and keep their slots
+    settings = proxy_settings(fake_fal, limits=limits(
+        **store, concurrency=5, submit="3/minute",
+        endpoints={"fal-ai/flux/schnell": {"submit": "100/minute"}}))
+    with running_proxy(settings) as server:
+        url = proxy_url(server)
+        async with client() as http:
+            answers = await asyncio.gather(*(submit(http, url) for _ in range(20)))
+            assert sorted(r.status_code for r in answers) == [200] * 3 + [429] * 17
+            # the 17 refused by the submit rate took a slot and gave it back: 2 of 5 are free
+            schnell = "https://queue.fal.run/fal-ai/flux/schnell"
+            more = await asyncio.gather(*(submit(http, url, target=schnell) for _ in range(6)))
+    assert sorted(r.status_code for r in more) == [200] * 2 + [429] * 4
+    assert {r.json()["limit"]["budget"] for r in more if r.status_code == 429} == {"concurrency"}
+    assert len(fake_fal.requests(method="POST")) == 5
 
 
 @pytest.mark.parametrize("bad", [
@@ -253,3 +342,28 @@ async def test_memory_slots_of_callers_who_never_return_are_swept() -> None:
     for i in range(1100):  # ordinary traffic from one caller triggers the periodic sweep
         await slots.acquire("ip:127.0.0.1", f"m{i}", 0)
     assert list(slots._slots) == ["ip:127.0.0.1"]
+
+
+async def test_memory_windows_count_exactly_and_expired_ones_are_swept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from limits import parse
+    from limits.aio.strategies import MovingWindowRateLimiter
+
+    from proxy.limits import memory_storage
+
+    monkeypatch.setattr(memory_storage, "SWEEP_INTERVAL", 0.05)
+    storage = memory_storage.FastMemoryStorage()
+    limiter = MovingWindowRateLimiter(storage)
+    item = parse("3/second")
+    for i in range(200):  # one-off callers, each leaving entries in a moving window
+        assert await limiter.hit(item, f"ip:10.0.0.{i}")
+    assert [await limiter.hit(item, "ip:127.0.0.1") for _ in range(4)] == [True] * 3 + [False]
+    await asyncio.sleep(1.1)  # every window expired
+    assert await limiter.hit(item, "ip:127.0.0.1")  # counts as before: a fresh window
+    for _ in range(20):  # the next sweep (at most one per interval) frees the expired ones
+        if len(storage.events) == 1:
+            break
+        await asyncio.sleep(0.05)
+        await limiter.hit(item, "ip:127.0.0.1")
+    assert list(storage.events) == [item.key_for("ip:127.0.0.1")]

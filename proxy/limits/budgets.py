@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass
 
 from limits import RateLimitItem, parse_many
-from limits.aio.strategies import RateLimiter
 
 from ..errors import ProxyError
 
@@ -30,6 +29,9 @@ class Budget:
     scale: int = 1
     fail_open: bool = False
     per_caller: bool = True  # False: one counter for everyone (the global cap)
+    # per item, built once: the header label ("submit-1-minute") and its policy entry
+    labels: tuple[str, ...] = ()
+    policies: tuple[str, ...] = ()
 
     def key(self, caller: str) -> tuple[str, ...]:
         return (self.name, self.scope, caller if self.per_caller else "*")
@@ -39,7 +41,7 @@ class Budget:
         return max(1, math.ceil(cost * self.scale - 1e-9)) if self.scale > 1 else max(1, int(cost))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built several times per request, and frozen inits are slow
 class Window:
     """The state of one window after a check: for headers and refusals."""
 
@@ -47,11 +49,11 @@ class Window:
     item: RateLimitItem
     remaining: int  # in the budget's own integer units
     reset: float  # seconds from now
+    index: int = 0  # of `item` in `budget.items`
 
     @property
     def label(self) -> str:
-        item = self.item
-        return f"{self.budget.name}-{item.multiples}-{item.GRANULARITY.name}"
+        return self.budget.labels[self.index]
 
     def describe(self) -> str:
         item = self.item
@@ -72,13 +74,10 @@ def make_budget(name: str, spec: str, scope: str, *, cost: bool, fail_open: bool
         type(item)(item.amount * scale, item.multiples, item.namespace)
         for item in parse_many(spec)
     )
-    return Budget(name, items, scope, scale, fail_open, per_caller)
-
-
-async def window(limiter: RateLimiter, budget: Budget, item: RateLimitItem, caller: str
-                 ) -> Window:
-    stats = await limiter.get_window_stats(item, *budget.key(caller))
-    return Window(budget, item, max(0, stats.remaining), max(0.0, stats.reset_time - time.time()))
+    labels = tuple(f"{name}-{item.multiples}-{item.GRANULARITY.name}" for item in items)
+    policies = tuple(f'"{label}";q={item.amount // scale};w={item.get_expiry()}'
+                     for label, item in zip(labels, items, strict=True))
+    return Budget(name, items, scope, scale, fail_open, per_caller, labels, policies)
 
 
 def rate_limit_headers(windows: list[Window], pending: int = 0) -> list[tuple[bytes, bytes]]:
@@ -86,12 +85,10 @@ def rate_limit_headers(windows: list[Window], pending: int = 0) -> list[tuple[by
     per window; `pending` is a cost about to be charged, already taken off `r`."""
     if not windows:
         return []
-    policy = ", ".join(
-        f'"{w.label}";q={w.item.amount // w.budget.scale};w={w.item.get_expiry()}'
-        for w in windows
-    )
+    policy = ", ".join(w.budget.policies[w.index] for w in windows)
     state = ", ".join(
-        f'"{w.label}";r={_left(w, pending)};t={math.ceil(w.reset)}' for w in windows
+        f'"{w.budget.labels[w.index]}";r={_left(w, pending)};t={math.ceil(w.reset)}'
+        for w in windows
     )
     return [(b"ratelimit-policy", policy.encode()), (b"ratelimit", state.encode())]
 

@@ -19,20 +19,20 @@ end of a status stream. A slot nobody releases expires after `concurrency_expiry
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-import uuid
-from collections.abc import Awaitable, Callable
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-from limits.aio.strategies import RateLimiter
+from typing import Any
 
 from ..context import Outcome, ProxyRequest
 from ..errors import ProxyError
 from ..target import Operation, Target
-from .budgets import Budget, Window, make_budget, rate_limit_headers, refusal, window
+from .budgets import Budget, make_budget, rate_limit_headers, refusal
 from .cost import CostFunction, parse_input, requested_images, resolve_cost_function
+from .engine import Admission, Step
 from .settings import EndpointLimits, LimitsSettings
 from .store import Backing
 
@@ -40,7 +40,6 @@ __all__ = ["BILLED", "LimitsGuard", "Policy"]
 
 BILLED = frozenset({Operation.SUBMIT, Operation.RUN, Operation.STREAM})
 _LOG = logging.getLogger("flux_proxy.limits")
-T = TypeVar("T")
 RefusalHook = Callable[[str, str], None]  # (budget, "exceeded" | "unavailable")
 UsageHook = Callable[[ProxyRequest, int, float], None]  # (request, images, cost units)
 
@@ -98,6 +97,9 @@ class LimitsGuard:
         self._slots_used = any(
             p.concurrency > 0 for p in (self._default, *self._endpoints.values()))
         self._released: dict[tuple[str, str], None] = {}  # recently released jobs, oldest first
+        # Pending slot names: unique across processes sharing a store, cheaper than uuid4.
+        self._slot_prefix = f"{secrets.token_hex(8)}-"
+        self._slot_numbers = itertools.count()
 
     def _policy(self, scope: str, override: EndpointLimits) -> Policy:
         s = self.settings
@@ -149,23 +151,22 @@ class LimitsGuard:
         data = request.json if request.json is not None else parse_input(request.body)
         cost = float(policy.cost_function(data))
         charge = _Charge(caller, cost, requested_images(data), exempt, policy)
-        windows: list[Window] = []
         pending = 0
         if not exempt:
+            tests = []
             for budget in (policy.cost, policy.global_cost):
                 if budget is not None:
                     pending = budget.units(cost)
-                    windows += await self._test(budget, caller, pending)
-            if policy.concurrency > 0:
-                charge.slot = await self._reserve(caller, policy.concurrency)
-            if policy.submit is not None:
-                try:
-                    windows += await self._hit(policy.submit, caller, 1)
-                except BaseException:
-                    await self._release(caller, charge.slot)
-                    raise
+                    tests.append(Step(budget, pending))
+            slot = (f"pending:{self._slot_prefix}{next(self._slot_numbers)}",
+                    policy.concurrency) if policy.concurrency > 0 else None
+            hits = [Step(policy.submit, 1)] if policy.submit is not None else []
+            admitted = await self._admit(caller, tests, slot, hits) if (
+                tests or slot or hits) else None
+            if admitted is not None:
+                charge.slot = admitted.slot
+                request.response_headers.extend(rate_limit_headers(admitted.windows, pending))
         request.notes["limits"] = charge
-        request.response_headers.extend(rate_limit_headers(windows, pending))
         request.settle_hooks.append(self._settle_billed)
         if request.target.operation is Operation.SUBMIT:
             # First in line, so it sees fal's own request id before any filter rewrites it.
@@ -175,8 +176,9 @@ class LimitsGuard:
         self, request: ProxyRequest, caller: str, policy: Policy, exempt: bool
     ) -> None:
         if not exempt and policy.polling is not None:
-            windows = await self._hit(policy.polling, caller, 1)
-            request.response_headers.extend(rate_limit_headers(windows))
+            admitted = await self._admit(caller, [], None, [Step(policy.polling, 1)])
+            if admitted is not None:
+                request.response_headers.extend(rate_limit_headers(admitted.windows))
         op = request.target.operation
         if exempt or not self._slots_used or not request.target.request_id:
             return
@@ -186,62 +188,24 @@ class LimitsGuard:
         elif op in (Operation.RESULT, Operation.CANCEL, Operation.STATUS_STREAM):
             request.settle_hooks.append(self._settle_polling)
 
-    # -- budget primitives (each guarded by the budget's fail mode) ------------------------
+    # -- admission (guarded by each budget's fail mode) ------------------------------------
 
-    def _limiter_for(self, budget: Budget) -> RateLimiter:
-        return self.backing.cost_limiter if budget.scale > 1 else self.backing.limiter
-
-    async def _guarded(self, name: str, fail_open: bool, call: Awaitable[T]) -> T | None:
+    async def _admit(self, caller: str, tests: list[Step], slot: tuple[str, int] | None,
+                     hits: list[Step]) -> Admission | None:
+        """Every step in one engine call; None when the store is down and every budget
+        involved fails open (let through, unlimited)."""
         try:
-            return await call
+            admitted = await self.backing.engine.admit(caller, tests, slot, hits)
         except self.backing.errors as exc:
-            _LOG.warning("limits store unavailable (%s budget, failing %s): %s",
-                         name, "open" if fail_open else "closed", exc)
-            if fail_open:
-                return None
-            self._on_refusal(name, "unavailable")
-            raise ProxyError(
-                503, f"Requests are paused: the rate-limit store is unavailable, so the {name} "
-                "limit cannot be checked. Try again shortly.",
-                error_type="limits_unavailable", headers={"retry-after": "5"},
-            ) from None
-
-    async def _test(self, budget: Budget, caller: str, amount: int) -> list[Window]:
-        async def run() -> list[Window]:
-            out = []
-            for item in budget.items:
-                state = await window(self._limiter_for(budget), budget, item, caller)
-                if state.remaining < amount:
-                    self._on_refusal(budget.name, "exceeded")
-                    raise refusal(state)
-                out.append(state)
-            return out
-
-        return await self._guarded(budget.name, budget.fail_open, run()) or []
-
-    async def _hit(self, budget: Budget, caller: str, amount: int) -> list[Window]:
-        async def run() -> list[Window]:
-            out = []
-            for item in budget.items:
-                ok = await self._limiter_for(budget).hit(item, *budget.key(caller), cost=amount)
-                state = await window(self._limiter_for(budget), budget, item, caller)
-                if not ok:
-                    self._on_refusal(budget.name, "exceeded")
-                    raise refusal(state)
-                out.append(state)
-            return out
-
-        return await self._guarded(budget.name, budget.fail_open, run()) or []
-
-    async def _reserve(self, caller: str, limit: int) -> str | None:
-        slot = f"pending:{uuid.uuid4().hex}"
-        fail_open = self.settings.fail_concurrency == "open"
-        got = await self._guarded("concurrency", fail_open,
-                                  self.backing.slots.acquire(caller, slot, limit))
-        if got is None:
+            self._unavailable(tests, slot, hits, exc)
             return None
-        ok, in_flight, expires = got
-        if not ok:
+        if admitted.refused is not None:
+            self._on_refusal(admitted.refused.budget.name, "exceeded")
+            raise refusal(admitted.refused)
+        if admitted.slot_refused is not None:
+            assert slot is not None
+            limit = slot[1]
+            in_flight, expires = admitted.slot_refused
             self._on_refusal("concurrency", "exceeded")
             raise ProxyError(
                 429, f"Rate limit exceeded: concurrency limit of {limit} requests in flight "
@@ -251,7 +215,28 @@ class LimitsGuard:
                 extra={"limit": {"budget": "concurrency", "policy": f"{limit} in flight",
                                  "reset": 1, "in_flight": in_flight}},
             )
-        return slot
+        return admitted
+
+    def _unavailable(self, tests: list[Step], slot: tuple[str, int] | None, hits: list[Step],
+                     exc: BaseException) -> None:
+        """The store failed: refuse (503) on the first budget that fails closed, in check
+        order; otherwise log and let the request through."""
+        order = [(s.budget.name, s.budget.fail_open) for s in tests]
+        if slot is not None:
+            order.append(("concurrency", self.settings.fail_concurrency == "open"))
+        order += [(s.budget.name, s.budget.fail_open) for s in hits]
+        closed = next((name for name, fail_open in order if not fail_open), None)
+        _LOG.warning("limits store unavailable (%s budget, failing %s): %s",
+                     closed or (order[0][0] if order else "no"), "closed" if closed else "open",
+                     exc)
+        if closed is None:
+            return
+        self._on_refusal(closed, "unavailable")
+        raise ProxyError(
+            503, f"Requests are paused: the rate-limit store is unavailable, so the {closed} "
+            "limit cannot be checked. Try again shortly.",
+            error_type="limits_unavailable", headers={"retry-after": "5"},
+        ) from None
 
     async def _release(self, caller: str, slot: str | None) -> None:
         if slot is None:
@@ -277,37 +262,33 @@ class LimitsGuard:
 
     async def _settle_billed(self, request: ProxyRequest, outcome: Outcome) -> None:
         charge: _Charge = request.notes["limits"]
-        try:
-            if outcome.upstream_succeeded:
-                await self._consume(charge)
-                self._on_usage(request, charge.images, charge.cost)
-                if self.settings.usage:
-                    await self.backing.usage.record(charge.caller, charge.images, charge.cost)
-            if charge.slot is None:
-                return
+        consume: list[Step] = []
+        usage = None
+        if outcome.upstream_succeeded:
+            if not charge.exempt:
+                # May refuse when concurrent requests overshot together; see module docstring.
+                consume = [Step(b, b.units(charge.cost))
+                           for b in (charge.policy.cost, charge.policy.global_cost)
+                           if b is not None]
+            self._on_usage(request, charge.images, charge.cost)
+            if self.settings.usage:
+                usage = (charge.images, charge.cost)
+        slot: tuple[str, str | None] | None = None
+        if charge.slot is not None:
             queued = request.target.operation is Operation.SUBMIT and outcome.upstream_succeeded
-            if queued and charge.request_id:
-                await self.backing.slots.rename(charge.caller, charge.slot,
-                                                f"job:{charge.request_id}")
-            elif not queued:
-                await self.backing.slots.release(charge.caller, charge.slot)
+            if not queued:
+                slot = (charge.slot, None)
+            elif charge.request_id:
+                slot = (charge.slot, f"job:{charge.request_id}")
+        if not consume and usage is None and slot is None:
+            return
+        try:
+            await self.backing.engine.settle(charge.caller, consume, usage, slot)
         except self.backing.errors as exc:
             _LOG.warning("limits store unavailable while settling a request: %s", exc)
 
-    async def _consume(self, charge: _Charge) -> None:
-        if charge.exempt:
-            return
-        for budget in (charge.policy.cost, charge.policy.global_cost):
-            if budget is None:
-                continue
-            amount = budget.units(charge.cost)
-            for item in budget.items:
-                # May refuse when concurrent requests overshot together; see module docstring.
-                await self.backing.cost_limiter.hit(item, *budget.key(charge.caller),
-                                                    cost=amount)
-
     async def _watch_status(self, request: ProxyRequest, status: int, body: bytes) -> bytes:
-        if status == 200 and b"COMPLETED" in body:
+        if status == 200 and b"COMPLETED" in body and not self._already_released(request):
             try:
                 done = json.loads(body).get("status") == "COMPLETED"
             except (ValueError, AttributeError):
@@ -315,6 +296,11 @@ class LimitsGuard:
             if done:
                 await self._release_job(request)
         return body
+
+    def _already_released(self, request: ProxyRequest) -> bool:
+        """A finished job is polled again and again: skip parsing its answer each time."""
+        caller = request.notes.get("limits")
+        return (caller, request.target.request_id) in self._released
 
     async def _settle_polling(self, request: ProxyRequest, outcome: Outcome) -> None:
         op = request.target.operation

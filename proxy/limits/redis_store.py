@@ -11,6 +11,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from .batching import BatchingRedis
+from .redis_engine import RedisEngine
 from .settings import LimitsSettings
 from .store import STORE_ERRORS, Backing, DayUsage, strategy, today
 
@@ -115,12 +116,16 @@ def open_redis_backing(settings: LimitsSettings) -> Backing:
         key_prefix=f"{prefix}:limits", **shared,
     )
     _batch_limits_commands(storage, redis)
+    slots = _RedisSlots(redis, prefix, settings.concurrency_expiry)
+    usage = _RedisUsage(redis, prefix, settings.usage_retention_days)
+    engine = RedisEngine(redis, prefix, sliding=settings.strategy == "sliding-window",
+                         cost_sliding=settings.cost_strategy == "sliding-window",
+                         slot_expiry=settings.concurrency_expiry,
+                         usage_retention_days=settings.usage_retention_days)
     return Backing(
         "redis", strategy(settings.strategy, storage),
-        strategy(settings.cost_strategy, storage),
-        _RedisSlots(redis, prefix, settings.concurrency_expiry),
-        _RedisUsage(redis, prefix, settings.usage_retention_days),
-        storage, redis, settings.redis_timeout, (*STORE_ERRORS, RedisError),
+        strategy(settings.cost_strategy, storage), slots, usage, storage, engine,
+        redis, settings.redis_timeout, (*STORE_ERRORS, RedisError),
     )
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
-from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.storage import Storage
 from limits.aio.strategies import (
     MovingWindowRateLimiter,
     RateLimiter,
@@ -23,6 +23,8 @@ from limits.aio.strategies import (
 )
 from limits.errors import StorageError
 
+from .engine import Engine, LocalEngine
+from .memory_storage import FastMemoryStorage
 from .settings import LimitsSettings
 
 if TYPE_CHECKING:
@@ -162,6 +164,7 @@ class Backing:
     slots: Slots
     usage: Usage
     storage: Storage
+    engine: Engine  # every check of one request at once (see engine.py)
     redis: Redis | None = None
     timeout: float = 0.5
     errors: tuple[type[BaseException], ...] = STORE_ERRORS
@@ -189,11 +192,14 @@ def strategy(name: str, storage: Storage) -> RateLimiter:
 def open_backing(settings: LimitsSettings) -> Backing:
     """Build the store for `settings.storage`. Connects lazily, on first use."""
     if not settings.uses_redis:
-        storage: Storage = MemoryStorage()
+        storage: Storage = FastMemoryStorage()
+        slots = _MemorySlots(settings.concurrency_expiry)
+        usage = _MemoryUsage(settings.usage_retention_days)
+        engine = LocalEngine(storage, slots, usage,
+                             sliding=settings.strategy == "sliding-window",
+                             cost_sliding=settings.cost_strategy == "sliding-window")
         return Backing("memory", strategy(settings.strategy, storage),
-                       strategy(settings.cost_strategy, storage),
-                       _MemorySlots(settings.concurrency_expiry),
-                       _MemoryUsage(settings.usage_retention_days), storage)
+                       strategy(settings.cost_strategy, storage), slots, usage, storage, engine)
     from .redis_store import open_redis_backing  # imported only when Redis is configured
 
     return open_redis_backing(settings)
