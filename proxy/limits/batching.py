@@ -10,13 +10,68 @@ blocking commands (nothing here uses them).
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Generic, TypeVar
 
 from redis.asyncio import ConnectionPool, Redis
 
-__all__ = ["BatchingRedis"]
+__all__ = ["BatchingRedis", "TurnBatch", "fail_all", "settle_all"]
 
-_Queued = tuple[tuple[Any, ...], dict[str, Any], "asyncio.Future[Any]"]
+_Item = TypeVar("_Item")
+Pending = tuple[_Item, "asyncio.Future[Any]"]
+
+
+class TurnBatch(Generic[_Item]):
+    """Items submitted in one event-loop turn, handed to `send` together.
+
+    Each submitter awaits its own future; `send` gets at most `most` (item, future) pairs per
+    call (0: no bound) and must settle every future (`settle_all`, `fail_all`).
+    """
+
+    def __init__(self, send: Callable[[list[Pending[_Item]]], Awaitable[None]],
+                 most: int = 0) -> None:
+        self._send = send
+        self._most = most
+        self._pending: list[Pending[_Item]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, item: _Item) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append((item, future))
+        return await future
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        step = self._most or len(pending)
+        for start in range(0, len(pending), step):
+            task = asyncio.ensure_future(self._send(pending[start: start + step]))
+            self._tasks.add(task)  # keep a reference until it is done
+            task.add_done_callback(self._tasks.discard)
+
+
+def settle_all(batch: list[Pending[Any]], replies: Iterable[Any]) -> None:
+    """Each caller its own reply; a reply that is an exception is raised to its caller."""
+    for (_, future), reply in zip(batch, replies, strict=True):
+        if future.done():
+            continue
+        if isinstance(reply, Exception):
+            future.set_exception(reply)
+        else:
+            future.set_result(reply)
+
+
+def fail_all(batch: list[Pending[Any]], exc: BaseException) -> None:
+    """The whole call failed: every caller gets the error (cancelled, if it was cancelled)."""
+    for _, future in batch:
+        if future.done():
+            continue
+        if isinstance(exc, Exception):
+            future.set_exception(exc)
+        else:  # cancelled (shutdown): so are the callers
+            future.cancel()
 
 
 class BatchingRedis(Redis):
@@ -24,46 +79,22 @@ class BatchingRedis(Redis):
 
     def __init__(self, connection_pool: ConnectionPool) -> None:
         super().__init__(connection_pool=connection_pool)
-        self._queued: list[_Queued] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._batch: TurnBatch[tuple[tuple[Any, ...], dict[str, Any]]] = TurnBatch(self._send)
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        if not self._queued:
-            loop.call_soon(self._flush)
-        self._queued.append((args, options, future))
-        return await future
+        return await self._batch.submit((args, options))
 
-    def _flush(self) -> None:
-        batch, self._queued = self._queued, []
-        task = asyncio.ensure_future(self._send(batch))
-        self._tasks.add(task)  # keep a reference until it is done
-        task.add_done_callback(self._tasks.discard)
-
-    async def _send(self, batch: list[_Queued]) -> None:
+    async def _send(self, batch: list[Pending[tuple[tuple[Any, ...], dict[str, Any]]]]) -> None:
         pipe = self.pipeline(transaction=False)
-        for args, options, _ in batch:
+        for (args, options), _ in batch:
             pipe.execute_command(*args, **options)
         try:
             replies = await pipe.execute(raise_on_error=False)
         except BaseException as exc:  # connection trouble: every caller gets the error
-            for _, _, future in batch:
-                if future.done():
-                    continue
-                if isinstance(exc, Exception):
-                    future.set_exception(exc)
-                else:  # cancelled (shutdown): so are the callers
-                    future.cancel()
+            fail_all(batch, exc)
             if not isinstance(exc, Exception):
                 raise
             return
         finally:
             await pipe.reset()  # type: ignore[no-untyped-call]
-        for (_, _, future), reply in zip(batch, replies, strict=True):
-            if future.done():
-                continue
-            if isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
+        settle_all(batch, replies)

@@ -12,13 +12,13 @@ The scripts keep `limits`' own window algorithms, keys and units (its `sliding_w
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
+from .batching import Pending, TurnBatch, fail_all, settle_all
 from .budgets import Budget, Window
 from .engine import Admission, KeyCache, Step, moving_state, sliding_state
 from .store import today
@@ -252,7 +252,7 @@ class _Script:
             return await self._redis.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
 
 
-_Pending = tuple[list[bytes | str], tuple[Any, ...], "asyncio.Future[bytes]"]
+_Call = tuple[list[bytes | str], tuple[Any, ...]]  # one request's keys and arguments
 
 
 class _Coalesced:
@@ -266,52 +266,29 @@ class _Coalesced:
 
     def __init__(self, script: _Script, most: int = 128) -> None:
         self._script = script
-        self._most = most  # requests per call, to bound one script's run time
-        self._pending: list[_Pending] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        # at most `most` requests per call, to bound one script's run time
+        self._batch: TurnBatch[_Call] = TurnBatch(self._send, most)
 
     async def __call__(self, keys: list[bytes | str], *args: Any) -> bytes:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bytes] = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._flush)
-        self._pending.append((keys, args, future))
-        return await future
+        reply: bytes = await self._batch.submit((keys, args))
+        return reply
 
-    def _flush(self) -> None:
-        pending, self._pending = self._pending, []
-        for start in range(0, len(pending), self._most):
-            task = asyncio.ensure_future(self._send(pending[start: start + self._most]))
-            self._tasks.add(task)  # keep a reference until it is done
-            task.add_done_callback(self._tasks.discard)
-
-    async def _send(self, batch: list[_Pending]) -> None:
+    async def _send(self, batch: list[Pending[_Call]]) -> None:
         keys: list[bytes | str] = []
         args: list[Any] = [len(batch)]
-        for request_keys, request_args, _ in batch:
+        for (request_keys, request_args), _ in batch:
             keys += request_keys
             args += (f"{len(request_keys)} {len(request_args)}", *request_args)
         try:
-            replies = (await self._script(keys, *args)).split(b"\n")
+            replies: list[Any] = (await self._script(keys, *args)).split(b"\n")
         except BaseException as exc:  # every caller gets the error
-            for _, _, future in batch:
-                if not future.done():
-                    if isinstance(exc, Exception):
-                        future.set_exception(exc)
-                    else:  # cancelled (shutdown): so are the callers
-                        future.cancel()
+            fail_all(batch, exc)
             if not isinstance(exc, Exception):
                 raise
             return
         if len(replies) != len(batch):  # not our script's answer: fail them all, safely
             replies = [ResponseError(f"unexpected script reply: {len(replies)} parts")] * len(batch)
-        for (_, _, future), reply in zip(batch, replies, strict=True):
-            if future.done():
-                continue
-            if isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
+        settle_all(batch, replies)
 
 
 class RedisEngine:
