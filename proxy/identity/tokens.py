@@ -80,10 +80,12 @@ def issue_token(user_id: str, ttl: float | timedelta, secrets: SecretsLike) -> s
     return token
 
 
-def verify_token(token: str, secrets: SecretsLike, max_ttl: float) -> str:
-    """The user id in a valid bearer token; `TokenError` when forged, expired or too long-lived."""
+def _decode(
+    signer: URLSafeTimedSerializer, token: str, max_ttl: float, now: float
+) -> tuple[str, float]:
+    """(user id, valid until) of a bearer token; `TokenError` when it does not verify."""
     try:
-        data = serializer(secrets, SALT_BEARER).loads(token, max_age=int(max_ttl))
+        data, signed = signer.loads(token, max_age=int(max_ttl), return_timestamp=True)
     except SignatureExpired:
         raise TokenError("expired") from None
     except BadSignature:
@@ -91,10 +93,15 @@ def verify_token(token: str, secrets: SecretsLike, max_ttl: float) -> str:
     if not isinstance(data, dict) or not isinstance(data.get("u"), str):
         raise TokenError("invalid")
     exp = data.get("e")
-    if not isinstance(exp, int) or exp <= time.time():
+    if not isinstance(exp, int) or exp <= now:
         raise TokenError("expired")
     user: str = data["u"]
-    return user
+    return user, min(float(exp), signed.timestamp() + max_ttl)
+
+
+def verify_token(token: str, secrets: SecretsLike, max_ttl: float) -> str:
+    """The user id in a valid bearer token; `TokenError` when forged, expired or too long-lived."""
+    return _decode(serializer(secrets, SALT_BEARER), token, max_ttl, time.time())[0]
 
 
 class TokenVerifier:
@@ -119,22 +126,10 @@ class TokenVerifier:
                 return hit[0]
             del self._cache[token]
             raise TokenError("expired")
-        try:
-            data, signed = self._serializer.loads(
-                token, max_age=int(self._max_ttl), return_timestamp=True)
-        except SignatureExpired:
-            raise TokenError("expired") from None
-        except BadSignature:
-            raise TokenError("invalid") from None
-        if not isinstance(data, dict) or not isinstance(data.get("u"), str):
-            raise TokenError("invalid")
-        exp = data.get("e")
-        if not isinstance(exp, int) or exp <= now:
-            raise TokenError("expired")
+        user, until = _decode(self._serializer, token, self._max_ttl, now)
         if len(self._cache) >= self._cache_size:
             self._cache.pop(next(iter(self._cache)))  # oldest first
-        self._cache[token] = (data["u"], min(float(exp), signed.timestamp() + self._max_ttl))
-        user: str = data["u"]
+        self._cache[token] = (user, until)
         return user
 
 
