@@ -57,6 +57,13 @@ class Secret(str):
 _NO_SECRET = Secret("")
 
 
+def refuse_password_in_url(key: str, url: str, section: str) -> None:
+    """A Redis URL must not carry its password (it would show in logs and `check-config`)."""
+    if "@" in url or "password=" in url.lower():
+        raise ConfigError(key, f"put the Redis password in {section}.redis_password (or "
+                          f"FLUX_PROXY__{section.upper()}__REDIS_PASSWORD), not in the URL")
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True

@@ -7,7 +7,7 @@ from typing import Literal
 
 from limits import parse_many
 
-from ..settings import ConfigError, Secret
+from ..settings import ConfigError, Secret, refuse_password_in_url
 
 __all__ = ["EndpointLimits", "FailMode", "LimitsSettings"]
 
@@ -102,9 +102,7 @@ class LimitsSettings:
         scheme = self.storage.split("://", 1)[0]
         if "://" not in self.storage or scheme not in ("memory", "redis", "rediss"):
             raise ConfigError(f"{key}.storage", "must be memory:// or redis://host:port/db")
-        if "@" in self.storage or "password=" in self.storage.lower():
-            raise ConfigError(f"{key}.storage", "put the Redis password in limits.redis_password "
-                         "(or FLUX_PROXY__LIMITS__REDIS_PASSWORD), not in the URL")
+        refuse_password_in_url(f"{key}.storage", self.storage, "limits")
         if self.concurrency < 0:
             raise ConfigError(f"{key}.concurrency", "must be 0 (unlimited) or more")
         if self.concurrency_expiry <= 0:

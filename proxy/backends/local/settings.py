@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ...settings import Secret
+from ...settings import Secret, refuse_password_in_url
 
 
 def ConfigError(key: str, problem: str) -> Exception:
@@ -117,9 +117,7 @@ class LocalSettings:
             raise ConfigError(f"{key}.overflow_depth", "must not be negative")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"{key}.redis_url", "must be redis://host:port/db")
-        if "@" in self.redis_url or "password=" in self.redis_url.lower():
-            raise ConfigError(f"{key}.redis_url", "put the Redis password in local.redis_password "
-                              "(or FLUX_PROXY__LOCAL__REDIS_PASSWORD), not in the URL")
+        refuse_password_in_url(f"{key}.redis_url", self.redis_url, "local")
         if self.lease_seconds < 1:
             raise ConfigError(f"{key}.lease_seconds", "must be at least 1 second")
         names = [w.name or f"worker-{i}" for i, w in enumerate(self.workers)]
