@@ -43,9 +43,10 @@ class ClientError(Exception):
 class Origin:
     """Where one base URL points: scheme, host, port and the Host header to send."""
 
-    __slots__ = ("host", "host_header", "port", "tls")
+    __slots__ = ("host", "host_header", "key", "port", "tls")
 
-    def __init__(self, scheme: str, host: str, port: int) -> None:
+    def __init__(self, scheme: str, host: str, port: int, key: str) -> None:
+        self.key = key  # the origin text it was parsed from: the pool's key
         self.tls = scheme == "https"
         self.host = host
         self.port = port
@@ -73,14 +74,15 @@ class Origin:
         else:
             host, _, port_text = authority.partition(":")
         port = int(port_text) if port_text else (443 if scheme == "https" else 80)
-        return cls(scheme, host, port)
+        return cls(scheme, host, port, origin)
 
 
 class Connection(asyncio.Protocol):
     """One upstream socket and the response being read from it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, key: str) -> None:
         self._loop = loop
+        self.key = key  # which idle list of the pool it belongs to
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -202,6 +204,11 @@ class Connection(asyncio.Protocol):
         self.transport.write(data)
         return head
 
+    @property
+    def finished(self) -> bool:
+        """The whole response is in and has been taken."""
+        return self.done and not self.chunks
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -293,7 +300,8 @@ class ConnectionPool:
     ) -> Connection:
         """Send a request and return its connection with the response head received.
 
-        The caller reads the body through the connection and must call `release()`.
+        The caller reads the body through the connection, then calls `release()` (read to
+        the end) or `drop()`.
         """
         origin_text, target = Origin.split(url)
         origin = self.origin(origin_text)
@@ -353,16 +361,16 @@ class ConnectionPool:
         finally:
             timer.cancel()
 
-    def release(self, conn: Connection, origin_url: str) -> None:
+    def release(self, conn: Connection) -> None:
         """Give a finished connection back: to the idle pool if reusable, else closed."""
         self._release_slot()
         conn.active = False
-        if conn.closed or not conn.done or not conn.keep_alive or conn.chunks:
+        if conn.closed or not conn.finished or not conn.keep_alive:
             conn.close()
             return
-        idle = self._idle.get(origin_url)
+        idle = self._idle.get(conn.key)
         if idle is None:
-            idle = self._idle[origin_url] = deque()
+            idle = self._idle[conn.key] = deque()
         now = time.monotonic()
         while idle and (idle[0].closed or now - idle[0].idle_since > self._keepalive):
             idle.popleft().close()
@@ -404,7 +412,7 @@ class ConnectionPool:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: Connection(loop), origin.host, origin.port, ssl=context,
+                    lambda: Connection(loop, origin.key), origin.host, origin.port, ssl=context,
                     server_hostname=origin.host if context is not None else None,
                 )
         except TimeoutError as exc:

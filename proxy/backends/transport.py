@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from ..headers import filter_response_headers
 from ..settings import UpstreamSettings
 from .base import UpstreamError
-from .http1 import ClientError, Connection, ConnectionPool, Origin
+from .http1 import ClientError, Connection, ConnectionPool
 
 __all__ = ["HttpTransport", "TransportResponse", "default_ssl_context"]
 
@@ -34,14 +34,12 @@ def _upstream_error(exc: ClientError) -> UpstreamError:
 class TransportResponse:
     """An upstream response with its head received; see `UpstreamResponse`."""
 
-    __slots__ = ("_conn", "_idle", "_open", "_origin", "_pool", "_read_timeout", "headers",
-                 "status")
+    __slots__ = ("_conn", "_idle", "_open", "_pool", "_read_timeout", "headers", "status")
 
-    def __init__(self, pool: ConnectionPool, conn: Connection, origin: str,
-                 read_timeout: float, idle_timeout: float) -> None:
+    def __init__(self, pool: ConnectionPool, conn: Connection, read_timeout: float,
+                 idle_timeout: float) -> None:
         self._pool = pool
         self._conn = conn
-        self._origin = origin
         self._read_timeout = read_timeout
         self._idle = idle_timeout
         self._open = True
@@ -51,7 +49,7 @@ class TransportResponse:
     def _finish(self) -> None:
         if self._open:
             self._open = False
-            self._pool.release(self._conn, self._origin)
+            self._pool.release(self._conn)
 
     async def read(self, limit: int) -> bytes:
         conn = self._conn
@@ -70,7 +68,7 @@ class TransportResponse:
                         raise UpstreamError("too_large", "upstream response too large",
                                             sent=True)
                     parts.append(data)
-                if conn.done and not conn.chunks:
+                if conn.finished:
                     break
         except ClientError as exc:
             await self.aclose()
@@ -90,7 +88,7 @@ class TransportResponse:
                 data = conn.take()
                 if data:
                     yield data
-                if conn.done and not conn.chunks:
+                if conn.finished:
                     self._finish()
                     return
         except ClientError:
@@ -103,8 +101,8 @@ class TransportResponse:
         # disconnect and stops working (and billing).
         if self._open:
             self._open = False
-            if self._conn.done and not self._conn.chunks:
-                self._pool.release(self._conn, self._origin)
+            if self._conn.finished:
+                self._pool.release(self._conn)
             else:
                 self._pool.drop(self._conn)
 
@@ -140,8 +138,7 @@ class HttpTransport:
             conn = await pool.request(method, url, headers, body, up.first_byte_timeout)
         except ClientError as exc:
             raise _upstream_error(exc) from exc
-        return TransportResponse(pool, conn, Origin.split(url)[0], up.first_byte_timeout,
-                                 up.stream_idle_timeout)
+        return TransportResponse(pool, conn, up.first_byte_timeout, up.stream_idle_timeout)
 
     async def aclose(self) -> None:
         if self._pool is not None:
