@@ -382,21 +382,16 @@ def test_event_loop_fixture_sanity() -> None:
         asyncio.get_running_loop()
 
 
-def test_a_sync_run_whose_caller_leaves_drops_the_upstream_request(fake_fal: FakeFal) -> None:
-    fake_fal.slow_seconds = 5
-    with running_proxy(proxy_settings(fake_fal)) as server:
-        with pytest.raises(httpx.ReadTimeout):
-            httpx.post(proxy_url(server), content=b'{"prompt":"x"}', timeout=0.5, headers={
-                "x-fal-target-url": "https://fal.run/fal-ai/fake/slow"})
-        assert fake_fal.wait_for(lambda: fake_fal.slow_disconnects == 1, timeout=3)
-
-
-def test_a_streamed_run_whose_caller_leaves_before_the_head_drops_the_upstream_request(
-    fake_fal: FakeFal,
+@pytest.mark.parametrize("target", [
+    "https://fal.run/fal-ai/fake/slow",  # sync run
+    "https://fal.run/fal-ai/fake/slow/stream",  # streamed run, before its first byte
+])
+def test_a_run_whose_caller_leaves_drops_the_upstream_request(
+    fake_fal: FakeFal, target: str
 ) -> None:
     fake_fal.slow_seconds = 5
     with running_proxy(proxy_settings(fake_fal)) as server:
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(proxy_url(server), content=b'{"prompt":"x"}', timeout=0.5, headers={
-                "x-fal-target-url": "https://fal.run/fal-ai/fake/slow/stream"})
+            httpx.post(proxy_url(server), content=b'{"prompt":"x"}', timeout=0.5,
+                       headers={"x-fal-target-url": target})
         assert fake_fal.wait_for(lambda: fake_fal.slow_disconnects == 1, timeout=3)
