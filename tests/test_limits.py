@@ -333,9 +333,9 @@ def test_redis_password_never_in_the_storage_url() -> None:
 
 
 async def test_memory_slots_of_callers_who_never_return_are_swept() -> None:
-    from proxy.limits.store import _MemorySlots
+    from proxy.limits.store import MemorySlots
 
-    slots = _MemorySlots(expiry=0.01)
+    slots = MemorySlots(expiry=0.01)
     for i in range(2000):  # one-off callers, each leaving a slot nobody releases
         await slots.acquire(f"ip:10.0.{i // 250}.{i % 250}", "job:x", 4)
     await asyncio.sleep(0.02)
@@ -344,26 +344,18 @@ async def test_memory_slots_of_callers_who_never_return_are_swept() -> None:
     assert list(slots._slots) == ["ip:127.0.0.1"]
 
 
-async def test_memory_windows_count_exactly_and_expired_ones_are_swept(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from limits import parse
-    from limits.aio.strategies import MovingWindowRateLimiter
+def test_memory_windows_count_exactly_and_expired_ones_are_swept() -> None:
+    from proxy.limits.local_windows import LocalWindows
 
-    from proxy.limits import memory_storage
-
-    monkeypatch.setattr(memory_storage, "SWEEP_INTERVAL", 0.05)
-    storage = memory_storage.FastMemoryStorage()
-    limiter = MovingWindowRateLimiter(storage)
-    item = parse("3/second")
-    for i in range(200):  # one-off callers, each leaving entries in a moving window
-        assert await limiter.hit(item, f"ip:10.0.0.{i}")
-    assert [await limiter.hit(item, "ip:127.0.0.1") for _ in range(4)] == [True] * 3 + [False]
-    await asyncio.sleep(1.1)  # every window expired
-    assert await limiter.hit(item, "ip:127.0.0.1")  # counts as before: a fresh window
-    for _ in range(20):  # the next sweep (at most one per interval) frees the expired ones
-        if len(storage.events) == 1:
-            break
-        await asyncio.sleep(0.05)
-        await limiter.hit(item, "ip:127.0.0.1")
-    assert list(storage.events) == [item.key_for("ip:127.0.0.1")]
+    clock = [1000.0]
+    windows = LocalWindows(sweep_interval=0.0, clock=lambda: clock[0])
+    for i in range(200):  # one-off callers, each leaving a window
+        (log,) = windows.get(("submit", "*", f"ip:10.0.0.{i}"), (1,), False)
+        assert log.check(clock[0], 3, 1, True)[0]
+    (mine,) = windows.get(("submit", "*", "ip:127.0.0.1"), (1,), False)
+    assert [mine.check(clock[0], 3, 1, True)[0] for _ in range(4)] == [True] * 3 + [False]
+    clock[0] += 1.1  # every window expired
+    assert mine.check(clock[0], 3, 1, True)[0]  # counts as before: a fresh window
+    windows.get(("submit", "*", "ip:10.0.1.1"), (1,), False)  # a new caller: sweep
+    assert sorted(windows.windows) == [("submit", "*", "ip:10.0.1.1"),
+                                       ("submit", "*", "ip:127.0.0.1")]

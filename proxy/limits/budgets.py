@@ -32,6 +32,7 @@ class Budget:
     # per item, built once: the header label ("submit-1-minute") and its policy entry
     labels: tuple[str, ...] = ()
     policies: tuple[str, ...] = ()
+    expiries: tuple[int, ...] = ()  # per item: its window in seconds
 
     def key(self, caller: str) -> tuple[str, ...]:
         return (self.name, self.scope, caller if self.per_caller else "*")
@@ -77,7 +78,8 @@ def make_budget(name: str, spec: str, scope: str, *, cost: bool, fail_open: bool
     labels = tuple(f"{name}-{item.multiples}-{item.GRANULARITY.name}" for item in items)
     policies = tuple(f'"{label}";q={item.amount // scale};w={item.get_expiry()}'
                      for label, item in zip(labels, items, strict=True))
-    return Budget(name, items, scope, scale, fail_open, per_caller, labels, policies)
+    return Budget(name, items, scope, scale, fail_open, per_caller, labels, policies,
+                  tuple(item.get_expiry() for item in items))
 
 
 def rate_limit_headers(windows: list[Window], pending: int = 0) -> list[tuple[bytes, bytes]]:
@@ -85,17 +87,22 @@ def rate_limit_headers(windows: list[Window], pending: int = 0) -> list[tuple[by
     per window; `pending` is a cost about to be charged, already taken off `r`."""
     if not windows:
         return []
-    policy = ", ".join(w.budget.policies[w.index] for w in windows)
-    state = ", ".join(
-        f'"{w.budget.labels[w.index]}";r={_left(w, pending)};t={math.ceil(w.reset)}'
-        for w in windows
-    )
-    return [(b"ratelimit-policy", policy.encode()), (b"ratelimit", state.encode())]
+    policies = []
+    states = []
+    for window in windows:
+        budget = window.budget
+        policies.append(budget.policies[window.index])
+        states.append(f'"{budget.labels[window.index]}";r={_left(window, pending)};'
+                      f"t={math.ceil(window.reset)}")
+    return [(b"ratelimit-policy", ", ".join(policies).encode()),
+            (b"ratelimit", ", ".join(states).encode())]
 
 
 def _left(window: Window, pending: int) -> int:
-    charge = pending if window.budget.scale > 1 else 0
-    return max(0, window.remaining - charge) // window.budget.scale
+    scale = window.budget.scale
+    if scale == 1:
+        return window.remaining
+    return max(0, window.remaining - pending) // scale
 
 
 def refusal(window: Window, caller_note: str = "") -> ProxyError:

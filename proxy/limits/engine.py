@@ -2,25 +2,23 @@
 
 Why: through `limits`' strategies each test, hit and window-stats call cost ~12 µs of CPU (and
 a Redis round trip each), and a submit needed six of them plus the slot and usage calls. An
-engine takes all of one request's steps at once: `LocalEngine` calls `limits`' async storage
-directly with keys built once per caller (the same windows, keys and arithmetic as its
-strategies, without the wrappers), and the Redis engine (`redis_engine.py`) runs them as one
-Lua script, one round trip per request stage.
+engine takes all of one request's steps at once: `LocalEngine` runs them synchronously on
+in-process windows (`local_windows.py`: `limits`' algorithms, its answers), and the Redis
+engine (`redis_engine.py`) runs them as one Lua script, one round trip per request stage,
+on `limits`' own Redis keys.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, cast
-
-from limits.aio.storage import MovingWindowSupport, SlidingWindowCounterSupport, Storage
+from typing import TYPE_CHECKING, Protocol
 
 from .budgets import Budget, Window
+from .local_windows import LocalWindow, LocalWindows, next_turn
 
 if TYPE_CHECKING:
-    from .store import Slots, Usage
+    from .store import MemorySlots, MemoryUsage
 
 __all__ = ["Admission", "Engine", "KeyCache", "LocalEngine", "Step", "moving_state",
            "sliding_state"]
@@ -69,17 +67,10 @@ def sliding_state(budget: Budget, index: int, prev: int, prev_ttl: float, cur: i
         return Window(budget, item, remaining, 0.0, index)
     reset = math.inf
     if prev:
-        reset = _next_turn(prev_ttl, expiry / prev)
+        reset = next_turn(prev_ttl, expiry / prev)
     if cur:
-        reset = min(reset, _next_turn(cur_ttl, expiry))
+        reset = min(reset, next_turn(cur_ttl, expiry))
     return Window(budget, item, remaining, max(0.0, reset), index)
-
-
-def _next_turn(ttl: float, period: float) -> float:
-    """`ttl % period`, except that a TTL of exactly whole periods is a full period away (Redis
-    freezes time inside a script, so a counter set there reads back 2 x expiry exactly)."""
-    left = ttl % period
-    return period if left == 0 and ttl > 0 else left
 
 
 def moving_state(budget: Budget, index: int, start: float, count: int, now: float) -> Window:
@@ -110,92 +101,84 @@ class KeyCache:
 
 
 class LocalEngine:
-    """Steps in order through `limits`' storage (memory; any storage works)."""
+    """Steps in order on this process's own windows, slots and usage (`memory://`).
 
-    def __init__(self, storage: Storage, slots: Slots, usage: Usage, *, sliding: bool,
-                 cost_sliding: bool) -> None:
-        self._storage = storage
-        self._sliding = cast(SlidingWindowCounterSupport, storage)
-        self._moving = cast(MovingWindowSupport, storage)
+    Nothing here awaits: a check cannot interleave with another, so tests, hits and the
+    slot are atomic per request, as the Redis script makes them across processes.
+    """
+
+    def __init__(self, windows: LocalWindows, slots: MemorySlots, usage: MemoryUsage, *,
+                 sliding: bool, cost_sliding: bool) -> None:
+        self._store = windows
         self._slots = slots
         self._usage = usage
         self._sliding_for = {False: sliding, True: cost_sliding}  # by "is a cost budget"
-        self.keys = KeyCache()
 
-    async def _state(self, budget: Budget, index: int, key: str, sliding: bool) -> Window:
-        item = budget.items[index]
-        if sliding:
-            prev, prev_ttl, cur, cur_ttl = await self._sliding.get_sliding_window(
-                key, item.get_expiry())
-            return sliding_state(budget, index, prev, prev_ttl, cur, cur_ttl)
-        start, count = await self._moving.get_moving_window(key, item.amount, item.get_expiry())
-        return moving_state(budget, index, start, count, time.time())
-
-    async def _acquire(self, budget: Budget, index: int, key: str, amount: int,
-                       sliding: bool) -> bool:
-        item = budget.items[index]
-        if sliding:
-            return await self._sliding.acquire_sliding_window_entry(
-                key, item.amount, item.get_expiry(), amount)
-        return await self._moving.acquire_entry(key, item.amount, item.get_expiry(), amount)
+    def _windows(self, budget: Budget, caller: str) -> tuple[LocalWindow, ...]:
+        return self._store.get((budget.name, budget.scope, caller if budget.per_caller else "*"),
+                               budget.expiries, self._sliding_for[budget.scale > 1])
 
     async def admit(self, caller: str, tests: list[Step], slot: tuple[str, int] | None,
                     hits: list[Step]) -> Admission:
+        return self.admit_now(caller, tests, slot, hits)
+
+    async def settle(self, caller: str, consume: list[Step], usage: tuple[int, float] | None,
+                     slot: tuple[str, str | None] | None) -> None:
+        self.settle_now(caller, consume, usage, slot)
+
+    def admit_now(self, caller: str, tests: list[Step], slot: tuple[str, int] | None,
+                  hits: list[Step]) -> Admission:
+        """`admit`, synchronously (the guard calls this one: no coroutine per request)."""
+        now = self._store.clock()
         out = Admission()
+        windows = out.windows
         for step in tests:
             budget = step.budget
-            sliding = self._sliding_for[budget.scale > 1]
-            for index, key in enumerate(self.keys(budget, caller)):
-                state = await self._state(budget, index, key, sliding)
-                if state.remaining < step.amount:
+            items = budget.items
+            for index, window in enumerate(self._windows(budget, caller)):
+                item = items[index]
+                ok, remaining, reset = window.check(now, item.amount, step.amount, False)
+                state = Window(budget, item, remaining, reset, index)
+                if not ok:
                     out.refused = state
                     return out
-                out.windows.append(state)
+                windows.append(state)
         if slot is not None:
-            ok, in_flight, expires = await self._slots.acquire(caller, slot[0], slot[1])
+            ok, in_flight, expires = self._slots.take(caller, slot[0], slot[1])
             if not ok:
                 out.slot_refused = (in_flight, expires)
                 return out
             out.slot = slot[0]
-        try:
-            for step in hits:
-                budget = step.budget
-                sliding = self._sliding_for[budget.scale > 1]
-                for index, key in enumerate(self.keys(budget, caller)):
-                    ok = await self._acquire(budget, index, key, step.amount, sliding)
-                    state = await self._state(budget, index, key, sliding)
-                    if not ok:
-                        out.refused = state
-                        break
-                    out.windows.append(state)
-                if out.refused is not None:
-                    break
-        except BaseException:
-            await self._free(caller, out.slot)
-            raise
-        if out.refused is not None:
-            await self._free(caller, out.slot)
-            out.slot = None
+        for step in hits:
+            budget = step.budget
+            items = budget.items
+            for index, window in enumerate(self._windows(budget, caller)):
+                item = items[index]
+                ok, remaining, reset = window.check(now, item.amount, step.amount, True)
+                state = Window(budget, item, remaining, reset, index)
+                if not ok:
+                    out.refused = state
+                    if out.slot is not None:
+                        self._slots.drop(caller, out.slot)
+                        out.slot = None
+                    return out
+                windows.append(state)
         return out
 
-    async def _free(self, caller: str, slot: str | None) -> None:
-        if slot is not None:
-            await self._slots.release(caller, slot)
-
-    async def settle(self, caller: str, consume: list[Step], usage: tuple[int, float] | None,
-                     slot: tuple[str, str | None] | None) -> None:
+    def settle_now(self, caller: str, consume: list[Step], usage: tuple[int, float] | None,
+                   slot: tuple[str, str | None] | None) -> None:
+        now = self._store.clock()
         for step in consume:
             budget = step.budget
-            sliding = self._sliding_for[budget.scale > 1]
-            for index, key in enumerate(self.keys(budget, caller)):
+            items = budget.items
+            for index, window in enumerate(self._windows(budget, caller)):
                 # May refuse when concurrent requests overshot together (see guard.py).
-                await self._acquire(budget, index, key, step.amount, sliding)
+                window.check(now, items[index].amount, step.amount, True)
         if usage is not None:
-            await self._usage.record(caller, *usage)
+            self._usage.add(caller, *usage)
         if slot is not None:
             old, new = slot
             if new is None:
-                await self._slots.release(caller, old)
+                self._slots.drop(caller, old)
             else:
-                await self._slots.rename(caller, old, new)
-
+                self._slots.move(caller, old, new)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,13 +33,14 @@ from ..errors import ProxyError
 from ..target import Operation, Target
 from .budgets import Budget, make_budget, rate_limit_headers, refusal
 from .cost import CostFunction, parse_input, requested_images, resolve_cost_function
-from .engine import Admission, Step
+from .engine import Admission, LocalEngine, Step
 from .settings import EndpointLimits, LimitsSettings
 from .store import Backing
 
 __all__ = ["BILLED", "LimitsGuard", "Policy"]
 
 BILLED = frozenset({Operation.SUBMIT, Operation.RUN, Operation.STREAM})
+_REQUEST_ID = re.compile(rb'"request_id"\s*:\s*"([0-9A-Za-z_.:-]{1,200})"')
 _LOG = logging.getLogger("flux_proxy.limits")
 RefusalHook = Callable[[str, str], None]  # (budget, "exceeded" | "unavailable")
 UsageHook = Callable[[ProxyRequest, int, float], None]  # (request, images, cost units)
@@ -68,9 +70,8 @@ class Policy:
 class _Charge:
     caller: str
     cost: float
-    images: int
-    exempt: bool
-    policy: Policy
+    data: Any  # the parsed input (its image count is read once it succeeded)
+    costs: list[Step]  # the cost budgets tested now, charged once upstream accepted
     slot: str | None = None
     request_id: str | None = None
 
@@ -94,6 +95,8 @@ class LimitsGuard:
         }
         # Status calls name the app, not the endpoint, so they release slots whenever any
         # endpoint may have taken one.
+        # In memory, checks are synchronous calls: no coroutine per stage on the hot path.
+        self._local = backing.engine if isinstance(backing.engine, LocalEngine) else None
         self._slots_used = any(
             p.concurrency > 0 for p in (self._default, *self._endpoints.values()))
         self._released: dict[tuple[str, str], None] = {}  # recently released jobs, oldest first
@@ -150,10 +153,10 @@ class LimitsGuard:
     ) -> None:
         data = request.json if request.json is not None else parse_input(request.body)
         cost = float(policy.cost_function(data))
-        charge = _Charge(caller, cost, requested_images(data), exempt, policy)
+        tests: list[Step] = []
+        charge = _Charge(caller, cost, data, tests)
         pending = 0
         if not exempt:
-            tests = []
             for budget in (policy.cost, policy.global_cost):
                 if budget is not None:
                     pending = budget.units(cost)
@@ -161,22 +164,31 @@ class LimitsGuard:
             slot = (f"pending:{self._slot_prefix}{next(self._slot_numbers)}",
                     policy.concurrency) if policy.concurrency > 0 else None
             hits = [Step(policy.submit, 1)] if policy.submit is not None else []
-            admitted = await self._admit(caller, tests, slot, hits) if (
-                tests or slot or hits) else None
+            local = self._local
+            if not (tests or slot or hits):
+                admitted = None
+            elif local is not None:
+                admitted = self._judged(local.admit_now(caller, tests, slot, hits), slot)
+            else:
+                admitted = await self._admit(caller, tests, slot, hits)
             if admitted is not None:
                 charge.slot = admitted.slot
                 request.response_headers.extend(rate_limit_headers(admitted.windows, pending))
         request.notes["limits"] = charge
         request.settle_hooks.append(self._settle_billed)
-        if request.target.operation is Operation.SUBMIT:
-            # First in line, so it sees fal's own request id before any filter rewrites it.
+        if charge.slot is not None and request.target.operation is Operation.SUBMIT:
+            # The slot follows the job: learn its id. First in line, so it sees fal's own id
+            # before any filter rewrites it.
             request.response_filters.insert(0, self._capture_request_id)
 
     async def _charge_polling(
         self, request: ProxyRequest, caller: str, policy: Policy, exempt: bool
     ) -> None:
         if not exempt and policy.polling is not None:
-            admitted = await self._admit(caller, [], None, [Step(policy.polling, 1)])
+            hits = [Step(policy.polling, 1)]
+            local = self._local
+            admitted = (self._judged(local.admit_now(caller, [], None, hits), None)
+                        if local is not None else await self._admit(caller, [], None, hits))
             if admitted is not None:
                 request.response_headers.extend(rate_limit_headers(admitted.windows))
         op = request.target.operation
@@ -192,13 +204,17 @@ class LimitsGuard:
 
     async def _admit(self, caller: str, tests: list[Step], slot: tuple[str, int] | None,
                      hits: list[Step]) -> Admission | None:
-        """Every step in one engine call; None when the store is down and every budget
-        involved fails open (let through, unlimited)."""
+        """Every step in one call to a shared store's engine; None when the store is down and
+        every budget involved fails open (let through, unlimited)."""
         try:
             admitted = await self.backing.engine.admit(caller, tests, slot, hits)
         except self.backing.errors as exc:
             self._unavailable(tests, slot, hits, exc)
             return None
+        return self._judged(admitted, slot)
+
+    def _judged(self, admitted: Admission, slot: tuple[str, int] | None) -> Admission:
+        """`admitted`, or the 429 for the budget that refused."""
         if admitted.refused is not None:
             self._on_refusal(admitted.refused.budget.name, "exceeded")
             raise refusal(admitted.refused)
@@ -250,14 +266,12 @@ class LimitsGuard:
 
     async def _capture_request_id(self, request: ProxyRequest, status: int, body: bytes
                                   ) -> bytes:
-        charge: _Charge = request.notes["limits"]
         if 200 <= status < 300:
-            try:
-                request_id = json.loads(body).get("request_id")
-            except (ValueError, AttributeError):
-                request_id = None
-            if isinstance(request_id, str) and request_id:
-                charge.request_id = request_id
+            # fal's submit answer is one flat object: its id found without parsing it all
+            found = _REQUEST_ID.search(body)
+            if found is not None:
+                charge: _Charge = request.notes["limits"]
+                charge.request_id = found.group(1).decode()
         return body
 
     async def _settle_billed(self, request: ProxyRequest, outcome: Outcome) -> None:
@@ -265,14 +279,12 @@ class LimitsGuard:
         consume: list[Step] = []
         usage = None
         if outcome.upstream_succeeded:
-            if not charge.exempt:
-                # May refuse when concurrent requests overshot together; see module docstring.
-                consume = [Step(b, b.units(charge.cost))
-                           for b in (charge.policy.cost, charge.policy.global_cost)
-                           if b is not None]
-            self._on_usage(request, charge.images, charge.cost)
+            # May refuse when concurrent requests overshot together; see module docstring.
+            consume = charge.costs  # (none when exempt)
+            images = requested_images(charge.data)
+            self._on_usage(request, images, charge.cost)
             if self.settings.usage:
-                usage = (charge.images, charge.cost)
+                usage = (images, charge.cost)
         slot: tuple[str, str | None] | None = None
         if charge.slot is not None:
             queued = request.target.operation is Operation.SUBMIT and outcome.upstream_succeeded
@@ -281,6 +293,9 @@ class LimitsGuard:
             elif charge.request_id:
                 slot = (charge.slot, f"job:{charge.request_id}")
         if not consume and usage is None and slot is None:
+            return
+        if self._local is not None:
+            self._local.settle_now(charge.caller, consume, usage, slot)
             return
         try:
             await self.backing.engine.settle(charge.caller, consume, usage, slot)

@@ -1,8 +1,9 @@
-"""Where budgets live: `limits`' async storage for windows, plus our own slot and usage counters.
+"""Where budgets live: rate-limit windows, concurrency slots and usage counters.
 
-`memory://` keeps everything in this process; `redis://` shares it between processes and
-hosts (one connection pool serves both `limits` and our counters). Every call is async, and a
-Redis call that fails or takes longer than `redis_timeout` raises one of `STORE_ERRORS`.
+`memory://` keeps everything in this process (`local_windows.py`, `MemorySlots`,
+`MemoryUsage`); `redis://` shares it between processes and hosts, on `limits`' own Redis keys
+(`redis_store.py`). A Redis call that fails or takes longer than `redis_timeout` raises one of
+`STORE_ERRORS`.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ from limits.aio.strategies import (
 from limits.errors import StorageError
 
 from .engine import Engine, LocalEngine
-from .memory_storage import FastMemoryStorage
+from .local_windows import LocalWindows
 from .settings import LimitsSettings
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["STORE_ERRORS", "Backing", "DayUsage", "Slots", "Usage", "open_backing", "today"]
+__all__ = ["STORE_ERRORS", "Backing", "DayUsage", "MemorySlots", "MemoryUsage", "Slots", "Usage",
+           "open_backing", "today"]
 
 # What a failing store raises, without importing redis (slow to import) for memory set-ups:
 # a Redis store's `Backing.errors` adds redis-py's RedisError.
@@ -79,7 +81,10 @@ class Usage(Protocol):
     async def read(self, days: list[str], caller: str | None = None) -> list[DayUsage]: ...
 
 
-class _MemorySlots:
+class MemorySlots:
+    """In-process slots. The plain methods are synchronous (the memory engine calls them in
+    the middle of an atomic check); the `Slots` ones wrap them."""
+
     def __init__(self, expiry: float) -> None:
         self._expiry = expiry
         self._slots: dict[str, dict[str, float]] = defaultdict(dict)
@@ -104,7 +109,7 @@ class _MemorySlots:
             del slots[member]
         return slots
 
-    async def acquire(self, caller: str, member: str, limit: int) -> tuple[bool, int, float]:
+    def take(self, caller: str, member: str, limit: int) -> tuple[bool, int, float]:
         self._acquired += 1
         if self._acquired % 1024 == 0:
             self._sweep()
@@ -115,12 +120,12 @@ class _MemorySlots:
         slots[member] = now + self._expiry
         return True, len(slots), self._expiry
 
-    async def rename(self, caller: str, old: str, new: str) -> None:
+    def move(self, caller: str, old: str, new: str) -> None:
         slots = self._live(caller)
         if slots.pop(old, None) is not None:
             slots[new] = time.monotonic() + self._expiry
 
-    async def release(self, caller: str, member: str) -> bool:
+    def drop(self, caller: str, member: str) -> bool:
         slots = self._slots.get(caller)
         if not slots or slots.pop(member, None) is None:
             return False
@@ -128,14 +133,25 @@ class _MemorySlots:
             del self._slots[caller]
         return True
 
+    async def acquire(self, caller: str, member: str, limit: int) -> tuple[bool, int, float]:
+        return self.take(caller, member, limit)
 
-class _MemoryUsage:
+    async def rename(self, caller: str, old: str, new: str) -> None:
+        self.move(caller, old, new)
+
+    async def release(self, caller: str, member: str) -> bool:
+        return self.drop(caller, member)
+
+
+class MemoryUsage:
+    """In-process usage; `add` is synchronous like `MemorySlots`' methods."""
+
     def __init__(self, retention_days: int) -> None:
         self._days: dict[tuple[str, str], DayUsage] = {}
         self._retention = retention_days
         self._current = ""
 
-    async def record(self, caller: str, images: int, cost: float) -> None:
+    def add(self, caller: str, images: int, cost: float) -> None:
         day = today()
         if day != self._current:  # a new day: forget days past the retention period
             self._current = day
@@ -148,6 +164,9 @@ class _MemoryUsage:
         entry.images += images
         entry.cost += cost
 
+    async def record(self, caller: str, images: int, cost: float) -> None:
+        self.add(caller, images, cost)
+
     async def read(self, days: list[str], caller: str | None = None) -> list[DayUsage]:
         return [u for (day, who), u in sorted(self._days.items())
                 if day in days and (caller is None or who == caller)]
@@ -159,11 +178,11 @@ class Backing:
     """The storage behind every budget: a `limits` strategy, slots and usage."""
 
     kind: str  # "memory" | "redis"
-    limiter: RateLimiter  # submit and polling windows
-    cost_limiter: RateLimiter  # cost and global windows (weighted hits)
+    limiter: RateLimiter | None  # `limits`' strategies on its Redis storage (None in memory)
+    cost_limiter: RateLimiter | None
     slots: Slots
     usage: Usage
-    storage: Storage
+    storage: Storage | None
     engine: Engine  # every check of one request at once (see engine.py)
     redis: Redis | None = None
     timeout: float = 0.5
@@ -192,14 +211,12 @@ def strategy(name: str, storage: Storage) -> RateLimiter:
 def open_backing(settings: LimitsSettings) -> Backing:
     """Build the store for `settings.storage`. Connects lazily, on first use."""
     if not settings.uses_redis:
-        storage: Storage = FastMemoryStorage()
-        slots = _MemorySlots(settings.concurrency_expiry)
-        usage = _MemoryUsage(settings.usage_retention_days)
-        engine = LocalEngine(storage, slots, usage,
+        slots = MemorySlots(settings.concurrency_expiry)
+        usage = MemoryUsage(settings.usage_retention_days)
+        engine = LocalEngine(LocalWindows(), slots, usage,
                              sliding=settings.strategy == "sliding-window",
                              cost_sliding=settings.cost_strategy == "sliding-window")
-        return Backing("memory", strategy(settings.strategy, storage),
-                       strategy(settings.cost_strategy, storage), slots, usage, storage, engine)
+        return Backing("memory", None, None, slots, usage, None, engine)
     from .redis_store import open_redis_backing  # imported only when Redis is configured
 
     return open_redis_backing(settings)
