@@ -111,6 +111,7 @@ class _Connection(asyncio.Protocol):
         self._buffer = bytearray()
         self._waiting: deque[tuple[float, Callback]] = deque()  # (deadline, callback)
         self._timer: asyncio.TimerHandle | None = None
+        self._corked: list[bytes] | None = None
         self.closed = False
 
     # -- asyncio.Protocol
@@ -145,10 +146,22 @@ class _Connection(asyncio.Protocol):
         if self.closed or self._transport is None:
             callback(ConnectionError("Connection closed."))
             return
-        self._transport.write(command)
+        if self._corked is not None:
+            self._corked.append(command)
+        else:
+            self._transport.write(command)
         self._waiting.append((self._loop.time() + self._timeout, callback))
         if self._timer is None:
             self._timer = self._loop.call_later(self._timeout, self._check)
+
+    def cork(self) -> None:
+        """Hold writes until `uncork`, which sends them as one."""
+        self._corked = []
+
+    def uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        if corked and not self.closed and self._transport is not None:
+            self._transport.write(b"".join(corked))
 
     def _check(self) -> None:
         """Runs at most once per `timeout` while calls are pending: fails them all when the
@@ -184,6 +197,28 @@ class RedisLink:
         self._connection: _Connection | None = None
         self._queued: list[tuple[bytes, Callback]] = []  # while connecting
         self._connecting: asyncio.Task[None] | None = None
+        self._due: list[Callable[[], None]] = []  # flushes asked for in this turn
+
+    def at_turn_end(self, loop: asyncio.AbstractEventLoop, flush: Callable[[], None]) -> None:
+        """Call `flush` soon, with the other flushes asked for in this turn: what they send
+        goes out in one write (one syscall for every script of the turn)."""
+        if not self._due:
+            loop.call_soon(self._flush_due)
+        self._due.append(flush)
+
+    def _flush_due(self) -> None:
+        due, self._due = self._due, []
+        connection = self._connection
+        if connection is None or connection.closed:
+            for flush in due:
+                flush()
+            return
+        connection.cork()
+        try:
+            for flush in due:
+                flush()
+        finally:
+            connection.uncork()
 
     def send(self, command: bytes, callback: Callback) -> None:
         """Write a packed command (now, or once connected); `callback` gets its reply, or an
