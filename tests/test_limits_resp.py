@@ -5,6 +5,7 @@ reconnection, AUTH, the URL's db, and TLS."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,7 +18,8 @@ import trustme
 from redis.asyncio import Redis
 
 from proxy.limits.budgets import Budget, make_budget
-from proxy.limits.engine import Step
+from proxy.limits.engine import Step, moving_state, sliding_state
+from proxy.limits.redis_engine import _STATES
 from proxy.limits.store import Backing, open_backing, today
 from proxy.settings import settings_from_dict
 from tests.fakes.redis_server import RedisServer, _free_port
@@ -147,3 +149,53 @@ async def test_tls(tls_files: dict[str, str]) -> None:
         async with _backing(untrusted) as backing:
             with pytest.raises(backing.errors):
                 await _hit(backing)
+
+
+_STATES_CHECK = "local now = tonumber(ARGV[1])\n" + _STATES + """
+local out = {}
+for i = 2, #ARGV do
+  local kind, a, b, c, d, limit, expiry =
+    string.match(ARGV[i], '^(%a) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+  local s = {tonumber(a), b, tonumber(c), tonumber(d)}
+  local remaining, reset
+  if kind == 's' then
+    s[2] = tonumber(b)
+    remaining, reset = sliding_state(s, tonumber(limit), tonumber(expiry))
+  else
+    remaining, reset = moving_state(s, tonumber(limit), tonumber(expiry))
+  end
+  out[#out + 1] = string.format('%d', remaining) .. ' ' .. string.format('%.17g', reset)
+end
+return out
+"""
+
+
+async def test_the_scripts_window_states_are_the_engines(redis_server: RedisServer) -> None:
+    """The admission script computes each window's state for the headers itself: exactly
+    what `engine.sliding_state` and `moving_state` compute in Python, bit for bit."""
+    rng = random.Random(7)
+    now = time.time()
+    cases: list[tuple[Budget, str]] = []
+    for spec, cost in (("7/minute", False), ("100/hour", False), ("3/day", True)):
+        budget = make_budget("b", spec, "*", cost=cost, fail_open=False)
+        assert budget is not None
+        item = budget.items[0]
+        limit, expiry = item.amount, item.get_expiry()
+        for _ in range(300):
+            counts = [rng.choice([0, 1, rng.randrange(limit * 2 + 1)]) for _ in range(2)]
+            ttls = [rng.choice([0, expiry * 1000, 2 * expiry * 1000,
+                                rng.randrange(2 * expiry * 1000)]) for _ in range(2)]
+            cases.append((budget, f"s {counts[0]} {ttls[0]} {counts[1]} {ttls[1]} "
+                                  f"{limit} {expiry}"))
+            start = rng.choice([now, now - expiry, now - rng.random() * expiry * 1.2])
+            cases.append((budget, f"m {counts[0]} {start!r} 0 0 {limit} {expiry}"))
+    async with Redis(port=redis_server.port) as redis:
+        replies = await redis.eval(_STATES_CHECK, 0, repr(now), *(case for _, case in cases))
+    for (budget, case), reply in zip(cases, replies, strict=True):
+        kind, a, b, c, d, _, _ = case.split()
+        if kind == "s":
+            want = sliding_state(budget, 0, int(a), int(b) / 1000, int(c), int(d) / 1000)
+        else:
+            want = moving_state(budget, 0, float(b), int(a), now)
+        remaining, reset = reply.split()
+        assert (int(remaining), float(reset)) == (want.remaining, want.reset), case

@@ -26,7 +26,7 @@ from typing import Any
 from redis.exceptions import NoScriptError, ResponseError
 
 from .budgets import Budget, Window
-from .engine import Admission, KeyCache, Step, moving_state, sliding_state
+from .engine import Admission, KeyCache, Step
 from .resp import RedisLink, bulk, pack
 from .store import today
 
@@ -120,15 +120,40 @@ end
 return table.concat(replies, '\\n')
 """
 
+# Each window's state for the headers, as engine.sliding_state and moving_state compute it
+# (the same double arithmetic: Python's float % is C's fmod for positive numbers), so Python
+# only wraps two numbers per window (~1.5 µs less each). tests/test_limits_resp.py checks
+# that both agree. Moving windows read the request's clock (`now`, from _WINDOWS).
+_STATES = """
+local function next_turn(ttl, period)  -- engine._next_turn (fmod: Python's % for positives)
+  local left = math.fmod(ttl, period)
+  if left == 0 and ttl > 0 then return period end
+  return left
+end
+local function sliding_state(s, limit, expiry)  -- engine.sliding_state; s: sliding()'s
+  local prev, prev_ttl, cur, cur_ttl = s[1], s[2] / 1000, s[3], s[4] / 1000
+  local remaining = math.max(0, limit - math.floor(prev * prev_ttl / expiry + cur))
+  if prev == 0 and cur == 0 then return remaining, 0 end
+  local reset = math.huge
+  if prev ~= 0 then reset = next_turn(prev_ttl, expiry / prev) end
+  if cur ~= 0 then reset = math.min(reset, next_turn(cur_ttl, expiry)) end
+  return remaining, math.max(0, reset)
+end
+local function moving_state(s, limit, expiry)  -- engine.moving_state; s: moving()'s
+  local reset = math.min(expiry, math.max(0, tonumber(s[2]) + expiry - now))
+  return math.max(0, limit - s[1]), reset
+end
+"""
+
 # One admission. KEYS: each window's keys (sliding: current, previous; moving: one), then
 #       the slot key (only when a slot is wanted).
 # ARGV: one string, "now member slot_limit slot_expiry windows" (member '' for no slot;
 #       windows: "op kind limit expiry amount;" each, op t: test, h: hit; kind s: sliding,
 #       m: moving; expiry in s).
 # The slot is taken before the first hit. Returns "code in_flight wait" and, per window
-# looked at, " a b c d" (its state): code 0 admitted, 1 refused by the last window listed,
-# 2 no concurrency slot.
-_ADMIT = _WINDOWS + """
+# looked at, " remaining reset" (_STATES; the reset printed exactly): code 0 admitted,
+# 1 refused by the last window listed, 2 no concurrency slot.
+_ADMIT = _WINDOWS + _STATES + """
 local function one(KEYS, ARGV)  -- one request's admission (KEYS, ARGV: its own slices)
 local member, slot_limit, slot_expiry, spec
 now_text, member, slot_limit, slot_expiry, spec =
@@ -178,7 +203,14 @@ for op, kind, limit, expiry, amount in string.gmatch(spec, '(%a) (%a) (%d+) (%d+
     end
     k = k + 1
   end
-  for j = 1, 4 do out[#out + 1] = s[j] end
+  local remaining, reset
+  if kind == 's' then
+    remaining, reset = sliding_state(s, limit, expiry)
+  else
+    remaining, reset = moving_state(s, limit, expiry)
+  end
+  out[#out + 1] = string.format('%d', remaining)
+  out[#out + 1] = string.format('%.17g', reset)
   if not ok then
     if out[2] == 1 then redis.call('ZREM', slot_key, member) end
     out[1] = 1
@@ -268,7 +300,7 @@ class _Lane:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes] = loop.create_future()
         if not self._pending:
-            loop.call_soon(self._flush)
+            self._link.at_turn_end(loop, self._flush)
         self._pending.append((keys, key_count, args, arg_count, future))
         return future
 
@@ -400,19 +432,14 @@ class RedisEngine:
         code = int(fields[0])
         if code == 2:
             return Admission(slot_refused=(int(fields[1]), float(fields[2])))
-        windows = [self._state(budget, index, fields, 3 + 4 * n, now)
-                   for n, (budget, index) in enumerate(order[: (len(fields) - 3) // 4])]
+        # a refusal stops the script early: fewer windows than asked for
+        windows = [Window(budget, budget.items[index], int(fields[at]), float(fields[at + 1]),
+                          index)
+                   for at, (budget, index) in zip(range(3, len(fields), 2), order, strict=False)]
         out = Admission(windows, slot=member if slot is not None and fields[1] == b"1" else None)
         if code == 1:
             out.refused = windows.pop()
         return out
-
-    def _state(self, budget: Budget, index: int, fields: list[bytes], at: int, now: float
-               ) -> Window:
-        a, b, c, d = fields[at: at + 4]
-        if self._sliding_for[budget.scale > 1]:
-            return sliding_state(budget, index, int(a), int(b) / 1000, int(c), int(d) / 1000)
-        return moving_state(budget, index, float(b), int(a), now)
 
     async def settle(self, caller: str, consume: list[Step], usage: tuple[int, float] | None,
                      slot: tuple[str, str | None] | None) -> None:
