@@ -6,9 +6,11 @@ status poll two. Here admission is one EVALSHA (tests, slot, hits and every wind
 for the headers, atomically) and settlement another (charges, usage, slot rename).
 
 The calls of one event-loop turn go out as one EVALSHA (`_Lane`), on a connection of their own
-that speaks RESP directly (`resp.RedisLink`): through redis-py, packing, pipelining and
-parsing those calls still cost ~110 µs of CPU per submit and ~35 µs per status poll; callers
-here hand over keys packed once per caller, so a request costs a few string joins.
+that speaks RESP directly (`resp.RedisLink`), and the admission script returns each window's
+state ready-made (`_STATES`). Through redis-py (pipeline, per-argument packing, parsing) and
+with the states computed in Python, Redis limits cost ~40 µs more proxy CPU per submit than
+memory limits and ~15 µs more per status poll (tests/bench/guard_cpu.py); now ~7 and ~4:
+callers hand over keys packed once per caller, so a request costs a few string joins.
 
 The scripts keep `limits`' own window algorithms, keys and units (its `sliding_window`,
 `acquire_sliding_window`, `moving_window` and `acquire_moving_window` scripts, under
