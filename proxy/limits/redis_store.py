@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 
 from .batching import BatchingRedis
 from .redis_engine import RedisEngine
+from .resp import RedisLink
 from .settings import LimitsSettings
 from .store import STORE_ERRORS, Backing, DayUsage, strategy, today
 
@@ -109,7 +110,8 @@ def open_redis_backing(settings: LimitsSettings) -> Backing:
     if settings.redis_password:
         options["password"] = str(settings.redis_password)
     pool = ConnectionPool.from_url(settings.storage, **options)
-    redis = BatchingRedis(pool)
+    link = RedisLink(pool, settings.redis_timeout)  # the hot path's own connection
+    redis = _LimitsRedis(pool, link)
     shared: dict[str, Any] = {"connection_pool": pool}  # one pool for limits and our counters
     storage = RedisStorage(
         "async+" + settings.storage, implementation="redispy", wrap_exceptions=True,
@@ -118,7 +120,7 @@ def open_redis_backing(settings: LimitsSettings) -> Backing:
     _batch_limits_commands(storage, redis)
     slots = _RedisSlots(redis, prefix, settings.concurrency_expiry)
     usage = _RedisUsage(redis, prefix, settings.usage_retention_days)
-    engine = RedisEngine(redis, prefix, sliding=settings.strategy == "sliding-window",
+    engine = RedisEngine(link, prefix, sliding=settings.strategy == "sliding-window",
                          cost_sliding=settings.cost_strategy == "sliding-window",
                          slot_expiry=settings.concurrency_expiry,
                          usage_retention_days=settings.usage_retention_days)
@@ -127,6 +129,18 @@ def open_redis_backing(settings: LimitsSettings) -> Backing:
         strategy(settings.cost_strategy, storage), slots, usage, storage, engine,
         redis, settings.redis_timeout, (*STORE_ERRORS, RedisError),
     )
+
+
+class _LimitsRedis(BatchingRedis):
+    """The batching client, which also closes the engine's link (`Backing.aclose`)."""
+
+    def __init__(self, connection_pool: ConnectionPool, link: RedisLink) -> None:
+        super().__init__(connection_pool)
+        self._link = link
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        self._link.close()
+        await super().aclose(close_connection_pool)
 
 
 def _batch_limits_commands(storage: RedisStorage, redis: Redis) -> None:

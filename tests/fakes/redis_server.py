@@ -31,8 +31,9 @@ def _free_port() -> int:
 class RedisServer:
     """`redis-server` as a child process; `stop()` kills it, `start()` brings it back."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, args: tuple[str, ...] = ()) -> None:
         self.port = port or _free_port()
+        self._args = args  # more redis-server options (a password, TLS)
         self._dir = Path(tempfile.mkdtemp(prefix="flux-redis-"))
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -43,7 +44,7 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> RedisServer:
         self._proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self._dir)],
+             "--save", "", "--appendonly", "no", "--dir", str(self._dir), *self._args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
@@ -58,7 +59,7 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))  # up (maybe locked)
         except OSError:
             return False
 
