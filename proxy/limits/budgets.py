@@ -33,6 +33,7 @@ class Budget:
     labels: tuple[str, ...] = ()
     policies: tuple[str, ...] = ()
     expiries: tuple[int, ...] = ()  # per item: its window in seconds
+    policy_header: bytes = b""  # `RateLimit-Policy` for all its windows (a poll's answer)
 
     def key(self, caller: str) -> tuple[str, ...]:
         return (self.name, self.scope, caller if self.per_caller else "*")
@@ -79,7 +80,7 @@ def make_budget(name: str, spec: str, scope: str, *, cost: bool, fail_open: bool
     policies = tuple(f'"{label}";q={item.amount // scale};w={item.get_expiry()}'
                      for label, item in zip(labels, items, strict=True))
     return Budget(name, items, scope, scale, fail_open, per_caller, labels, policies,
-                  tuple(item.get_expiry() for item in items))
+                  tuple(item.get_expiry() for item in items), ", ".join(policies).encode())
 
 
 def rate_limit_headers(windows: list[Window], pending: int = 0) -> list[tuple[bytes, bytes]]:
@@ -87,15 +88,14 @@ def rate_limit_headers(windows: list[Window], pending: int = 0) -> list[tuple[by
     per window; `pending` is a cost about to be charged, already taken off `r`."""
     if not windows:
         return []
-    policies = []
-    states = []
-    for window in windows:
-        budget = window.budget
-        policies.append(budget.policies[window.index])
-        states.append(f'"{budget.labels[window.index]}";r={_left(window, pending)};'
-                      f"t={math.ceil(window.reset)}")
-    return [(b"ratelimit-policy", ", ".join(policies).encode()),
-            (b"ratelimit", ", ".join(states).encode())]
+    first = windows[0].budget
+    if len(windows) == len(first.items) and all(w.budget is first for w in windows):
+        policy = first.policy_header  # one budget's windows, in order (every poll)
+    else:
+        policy = ", ".join(w.budget.policies[w.index] for w in windows).encode()
+    states = [f'"{w.budget.labels[w.index]}";r={_left(w, pending)};t={math.ceil(w.reset)}'
+              for w in windows]
+    return [(b"ratelimit-policy", policy), (b"ratelimit", ", ".join(states).encode())]
 
 
 def _left(window: Window, pending: int) -> int:

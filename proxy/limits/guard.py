@@ -64,6 +64,7 @@ class Policy:
     global_cost: Budget | None
     concurrency: int
     cost_function: CostFunction
+    polling_hits: list[Step]  # what a polling call hits: built once, never changed
 
 
 @dataclass(slots=True)
@@ -113,14 +114,16 @@ class LimitsGuard:
                 return make_budget(name, default, "*", cost=cost, fail_open=fail == "open")
             return make_budget(name, spec, scope, cost=cost, fail_open=fail == "open")
 
+        polling = budget("polling", override.polling, s.polling, s.fail_polling)
         return Policy(
             submit=budget("submit", override.submit, s.submit, s.fail_submit),
             cost=budget("cost", override.cost, s.cost, s.fail_cost, cost=True),
-            polling=budget("polling", override.polling, s.polling, s.fail_polling),
+            polling=polling,
             global_cost=make_budget("global", s.global_cost, "*", cost=True,
                                     fail_open=s.fail_global == "open", per_caller=False),
             concurrency=s.concurrency if override.concurrency is None else override.concurrency,
             cost_function=resolve_cost_function(override.cost_function or s.cost_function),
+            polling_hits=[Step(polling, 1)] if polling is not None else [],
         )
 
     def policy_for(self, target: Target) -> Policy:
@@ -184,8 +187,8 @@ class LimitsGuard:
     async def _charge_polling(
         self, request: ProxyRequest, caller: str, policy: Policy, exempt: bool
     ) -> None:
-        if not exempt and policy.polling is not None:
-            hits = [Step(policy.polling, 1)]
+        hits = policy.polling_hits
+        if not exempt and hits:
             local = self._local
             admitted = (self._judged(local.admit_now(caller, [], None, hits), None)
                         if local is not None else await self._admit(caller, [], None, hits))

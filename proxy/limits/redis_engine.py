@@ -127,7 +127,7 @@ return table.concat(replies, '\\n')
 # only wraps two numbers per window (~1.5 µs less each). tests/test_limits_resp.py checks
 # that both agree. Moving windows read the request's clock (`now`, from _WINDOWS).
 _STATES = """
-local function next_turn(ttl, period)  -- engine._next_turn (fmod: Python's % for positives)
+local function next_turn(ttl, period)  -- local_windows.next_turn (fmod: Python's % for positives)
   local left = math.fmod(ttl, period)
   if left == 0 and ttl > 0 then return period end
   return left
