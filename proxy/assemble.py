@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets as _random
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from .asgi_types import ASGIApp
@@ -58,26 +59,34 @@ def _charge(services: Services) -> Stage:
     track = services.metrics.track
     if services.limits is None:
         return track
-    guard = services.limits.charge
-
-    async def charge(request: ProxyRequest) -> None:
-        await guard(request)
-        await track(request)
-
-    return charge
+    return chain(services.limits.charge, track)
 
 
 def chain(*stages: Stage) -> Stage:
-    """Several checks in one pipeline slot, run in order; the first refusal wins."""
+    """Several checks in one pipeline slot, run in order; the first refusal wins. Synchronous
+    while its stages are (see `Stage`)."""
+    stages = tuple(stage for stage in stages if stage is not _no_check)
 
-    async def run(request: ProxyRequest) -> None:
-        for stage in stages:
-            await stage(request)
+    def run(request: ProxyRequest) -> Awaitable[None] | None:
+        for index, stage in enumerate(stages):
+            pending = stage(request)
+            if pending is not None:  # this one waits: so do the ones after it
+                return _finish(pending, stages[index + 1:], request)
+        return None
 
     return run
 
 
-async def _no_check(request: ProxyRequest) -> None:
+async def _finish(pending: Awaitable[None], rest: tuple[Stage, ...], request: ProxyRequest
+                  ) -> None:
+    await pending
+    for stage in rest:
+        later = stage(request)
+        if later is not None:
+            await later
+
+
+def _no_check(request: ProxyRequest) -> None:
     return None
 
 

@@ -70,14 +70,14 @@ class Metrics:
 
     # -- hooks ---------------------------------------------------------------------------
 
-    async def track(self, request: ProxyRequest) -> None:
+    def track(self, request: ProxyRequest) -> None:
         """Last stage: the request is admitted and now in flight until it settles."""
         self.in_flight += 1
         if request.target.streaming:
             self.open_streams += 1
         request.settle_hooks.append(self._settled)
 
-    async def _settled(self, request: ProxyRequest, outcome: Outcome) -> None:
+    def _settled(self, request: ProxyRequest, outcome: Outcome) -> None:
         self.in_flight -= 1
         if request.target.streaming:
             self.open_streams -= 1

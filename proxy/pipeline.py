@@ -28,7 +28,9 @@ __all__ = ["Pipeline", "Stage", "Stages"]
 
 _LOG = logging.getLogger("flux_proxy")
 
-Stage = Callable[[ProxyRequest], Awaitable[None]]
+# A guard: raises `ProxyError` to refuse. It returns None when it is done, or an awaitable when
+# it must wait (a Redis check): most guards need no coroutine, which costs more than they do.
+Stage = Callable[[ProxyRequest], Awaitable[None] | None]
 _T = TypeVar("_T")
 
 _TARGET_HEADER = b"x-fal-target-url"
@@ -40,7 +42,7 @@ _BILLED = frozenset({Operation.SUBMIT, Operation.RUN, Operation.STREAM})
 _SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
-async def _allow(request: ProxyRequest) -> None:
+def _allow(request: ProxyRequest) -> None:
     return None
 
 
@@ -72,6 +74,7 @@ class Pipeline:
     ) -> None:
         self.backend = backend
         self.stages = stages
+        self._stage_list = (stages.identify, stages.authorize, stages.police, stages.charge)
         self._max_body = max_body_bytes
         self._max_response = max_response_bytes
         self._log = access_log
@@ -116,7 +119,9 @@ class Pipeline:
         finally:
             if request is not None:
                 for hook in request.settle_hooks:
-                    await hook(request, outcome)
+                    pending = hook(request, outcome)
+                    if pending is not None:
+                        await pending
             self._log.record(scope, request, outcome, started)
 
     async def _admit(self, scope: Scope, receive: Receive) -> ProxyRequest:
@@ -150,11 +155,10 @@ class Pipeline:
         """Every guard, in order. A refusal is still logged and counted with its operation,
         carries the headers set before it (a new anonymous cookie, CORS) and runs the settle
         hooks registered before it."""
-        stages = self.stages
-        await stages.identify(request)
-        await stages.authorize(request)
-        await stages.police(request)
-        await stages.charge(request)
+        for stage in self._stage_list:
+            pending = stage(request)
+            if pending is not None:
+                await pending
 
     async def _read_body(self, headers: list[tuple[bytes, bytes]], receive: Receive) -> bytes:
         limit = self._max_body
@@ -219,7 +223,8 @@ class Pipeline:
             outcome.error = "unreachable"
             raise _upstream_failure(request, exc) from None
         for response_filter in request.response_filters:
-            body = await response_filter(request, status, body)
+            filtered = response_filter(request, status, body)
+            body = filtered if isinstance(filtered, bytes) else await filtered
         headers = _merge_headers(upstream.headers, request.response_headers)
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -102,7 +102,7 @@ class _Chain:
         self._tokens = TokenVerifier(settings.secrets or ["unused"], settings.max_token_ttl)
         self._anonymous = any(n in ("cookie", "address") for n in settings.resolvers)
 
-    async def __call__(self, request: ProxyRequest) -> None:
+    def __call__(self, request: ProxyRequest) -> None:
         for resolve in self._resolvers:
             caller = resolve(request)
             if caller is not None:

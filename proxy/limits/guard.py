@@ -24,7 +24,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,7 +136,9 @@ class LimitsGuard:
 
     # -- the stage ------------------------------------------------------------------------
 
-    async def charge(self, request: ProxyRequest) -> None:
+    def charge(self, request: ProxyRequest) -> Awaitable[None] | None:
+        """The stage. In memory it is done when it returns (None); with Redis it returns the
+        awaitable that finishes it (see `pipeline.Stage`)."""
         caller = request.caller
         caller_id = caller.id if caller is not None else f"ip:{request.client_host}"
         if caller is not None and caller.kind == "anonymous" and caller.address:
@@ -147,36 +149,48 @@ class LimitsGuard:
             caller.id in self._exempt_ids or caller.kind in self._exempt_kinds)
         policy = self.policy_for(request.target)
         if request.target.operation in BILLED:
-            await self._charge_billed(request, caller_id, policy, exempt)
-        else:
-            await self._charge_polling(request, caller_id, policy, exempt)
+            return self._charge_billed(request, caller_id, policy, exempt)
+        return self._charge_polling(request, caller_id, policy, exempt)
 
-    async def _charge_billed(
-        self, request: ProxyRequest, caller: str, policy: Policy, exempt: bool
-    ) -> None:
+    def _charge_billed(self, request: ProxyRequest, caller: str, policy: Policy, exempt: bool
+                       ) -> Awaitable[None] | None:
         data = request.json if request.json is not None else parse_input(request.body)
         cost = float(policy.cost_function(data))
         tests: list[Step] = []
         charge = _Charge(caller, cost, data, tests)
+        if exempt:
+            self._billed(request, charge, None, 0)
+            return None
         pending = 0
-        if not exempt:
-            for budget in (policy.cost, policy.global_cost):
-                if budget is not None:
-                    pending = budget.units(cost)
-                    tests.append(Step(budget, pending))
-            slot = (f"pending:{self._slot_prefix}{next(self._slot_numbers)}",
-                    policy.concurrency) if policy.concurrency > 0 else None
-            hits = [Step(policy.submit, 1)] if policy.submit is not None else []
-            local = self._local
-            if not (tests or slot or hits):
-                admitted = None
-            elif local is not None:
-                admitted = self._judged(local.admit_now(caller, tests, slot, hits), slot)
-            else:
-                admitted = await self._admit(caller, tests, slot, hits)
-            if admitted is not None:
-                charge.slot = admitted.slot
-                request.response_headers.extend(rate_limit_headers(admitted.windows, pending))
+        for budget in (policy.cost, policy.global_cost):
+            if budget is not None:
+                pending = budget.units(cost)
+                tests.append(Step(budget, pending))
+        slot = (f"pending:{self._slot_prefix}{next(self._slot_numbers)}",
+                policy.concurrency) if policy.concurrency > 0 else None
+        hits = [Step(policy.submit, 1)] if policy.submit is not None else []
+        if not (tests or slot or hits):
+            self._billed(request, charge, None, 0)
+            return None
+        local = self._local
+        if local is None:
+            return self._charge_billed_remote(request, charge, tests, slot, hits, pending)
+        self._billed(request, charge, self._judged(local.admit_now(caller, tests, slot, hits),
+                                                   slot), pending)
+        return None
+
+    async def _charge_billed_remote(self, request: ProxyRequest, charge: _Charge,
+                                    tests: list[Step], slot: tuple[str, int] | None,
+                                    hits: list[Step], pending: int) -> None:
+        self._billed(request, charge, await self._admit(charge.caller, tests, slot, hits),
+                     pending)
+
+    def _billed(self, request: ProxyRequest, charge: _Charge, admitted: Admission | None,
+                pending: int) -> None:
+        """An admitted billed request: headers, and what settles it."""
+        if admitted is not None:
+            charge.slot = admitted.slot
+            request.response_headers.extend(rate_limit_headers(admitted.windows, pending))
         request.notes["limits"] = charge
         request.settle_hooks.append(self._settle_billed)
         if charge.slot is not None and request.target.operation is Operation.SUBMIT:
@@ -184,18 +198,30 @@ class LimitsGuard:
             # before any filter rewrites it.
             request.response_filters.insert(0, self._capture_request_id)
 
-    async def _charge_polling(
-        self, request: ProxyRequest, caller: str, policy: Policy, exempt: bool
-    ) -> None:
+    def _charge_polling(self, request: ProxyRequest, caller: str, policy: Policy, exempt: bool
+                        ) -> Awaitable[None] | None:
         hits = policy.polling_hits
         if not exempt and hits:
             local = self._local
-            admitted = (self._judged(local.admit_now(caller, [], None, hits), None)
-                        if local is not None else await self._admit(caller, [], None, hits))
-            if admitted is not None:
-                request.response_headers.extend(rate_limit_headers(admitted.windows))
+            if local is None:
+                return self._charge_polling_remote(request, caller, hits)
+            admitted = self._judged(local.admit_now(caller, [], None, hits), None)
+            request.response_headers.extend(rate_limit_headers(admitted.windows))
+        if not exempt:
+            self._follow_job(request, caller)
+        return None
+
+    async def _charge_polling_remote(self, request: ProxyRequest, caller: str,
+                                     hits: list[Step]) -> None:
+        admitted = await self._admit(caller, [], None, hits)
+        if admitted is not None:
+            request.response_headers.extend(rate_limit_headers(admitted.windows))
+        self._follow_job(request, caller)
+
+    def _follow_job(self, request: ProxyRequest, caller: str) -> None:
+        """A polling call that may show its job ended releases the job's slot."""
         op = request.target.operation
-        if exempt or not self._slots_used or not request.target.request_id:
+        if not self._slots_used or not request.target.request_id:
             return
         request.notes["limits"] = caller
         if op is Operation.STATUS:
@@ -267,8 +293,7 @@ class LimitsGuard:
 
     # -- settlement ------------------------------------------------------------------------
 
-    async def _capture_request_id(self, request: ProxyRequest, status: int, body: bytes
-                                  ) -> bytes:
+    def _capture_request_id(self, request: ProxyRequest, status: int, body: bytes) -> bytes:
         if 200 <= status < 300:
             # fal's submit answer is one flat object: its id found without parsing it all
             found = _REQUEST_ID.search(body)
@@ -277,7 +302,7 @@ class LimitsGuard:
                 charge.request_id = found.group(1).decode()
         return body
 
-    async def _settle_billed(self, request: ProxyRequest, outcome: Outcome) -> None:
+    def _settle_billed(self, request: ProxyRequest, outcome: Outcome) -> Awaitable[None] | None:
         charge: _Charge = request.notes["limits"]
         consume: list[Step] = []
         usage = None
@@ -296,23 +321,33 @@ class LimitsGuard:
             elif charge.request_id:
                 slot = (charge.slot, f"job:{charge.request_id}")
         if not consume and usage is None and slot is None:
-            return
+            return None
         if self._local is not None:
             self._local.settle_now(charge.caller, consume, usage, slot)
-            return
+            return None
+        return self._settle_remote(charge.caller, consume, usage, slot)
+
+    async def _settle_remote(self, caller: str, consume: list[Step],
+                             usage: tuple[int, float] | None,
+                             slot: tuple[str, str | None] | None) -> None:
         try:
-            await self.backing.engine.settle(charge.caller, consume, usage, slot)
+            await self.backing.engine.settle(caller, consume, usage, slot)
         except self.backing.errors as exc:
             _LOG.warning("limits store unavailable while settling a request: %s", exc)
 
-    async def _watch_status(self, request: ProxyRequest, status: int, body: bytes) -> bytes:
+    def _watch_status(self, request: ProxyRequest, status: int, body: bytes
+                      ) -> bytes | Awaitable[bytes]:
         if status == 200 and b"COMPLETED" in body and not self._already_released(request):
             try:
                 done = json.loads(body).get("status") == "COMPLETED"
             except (ValueError, AttributeError):
                 done = False
             if done:
-                await self._release_job(request)
+                return self._release_and_pass(request, body)
+        return body
+
+    async def _release_and_pass(self, request: ProxyRequest, body: bytes) -> bytes:
+        await self._release_job(request)
         return body
 
     def _already_released(self, request: ProxyRequest) -> bool:

@@ -43,7 +43,7 @@ class Allowlist:
     def app_allowed(self, app_id: str) -> bool:
         return any(fnmatchcase(app_id, p) for p in self.apps)
 
-    async def __call__(self, request: ProxyRequest) -> None:
+    def __call__(self, request: ProxyRequest) -> None:
         target = request.target
         op = target.operation
         if op in _BY_ENDPOINT:

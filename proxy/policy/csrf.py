@@ -23,7 +23,7 @@ class CsrfGuard:
         self._origins = frozenset(origins)
         self._vias = frozenset({"cookie", "host_user"} if host_user else {"cookie"})
 
-    async def __call__(self, request: ProxyRequest) -> None:
+    def __call__(self, request: ProxyRequest) -> None:
         caller = request.caller
         if request.method == "GET" or caller is None:
             return

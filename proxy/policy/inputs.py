@@ -99,7 +99,7 @@ class InputPolice:
                 return policy
         return self._default
 
-    async def __call__(self, request: ProxyRequest) -> None:
+    def __call__(self, request: ProxyRequest) -> None:
         op = request.target.operation
         if op not in _JSON_OPS:
             return

@@ -64,7 +64,7 @@ class Ownership:
         fal_id: str = data[0]
         return fal_id
 
-    async def __call__(self, request: ProxyRequest) -> None:
+    def __call__(self, request: ProxyRequest) -> None:
         target = request.target
         op = target.operation
         if op is Operation.SUBMIT:
@@ -87,7 +87,7 @@ class Ownership:
         if op is not Operation.STATUS_STREAM:
             request.response_filters.append(self._restore_ids)
 
-    async def _sign_submit(self, request: ProxyRequest, status: int, body: bytes) -> bytes:
+    def _sign_submit(self, request: ProxyRequest, status: int, body: bytes) -> bytes:
         caller, app = request.caller, request.target.app_id
         if not 200 <= status < 300 or caller is None or app is None:
             return body
@@ -100,7 +100,7 @@ class Ownership:
         request.response_headers.append((b"x-fal-request-id", signed.encode()))
         return _rewrite(data, fal_id, signed, app, urls=True)
 
-    async def _restore_ids(self, request: ProxyRequest, status: int, body: bytes) -> bytes:
+    def _restore_ids(self, request: ProxyRequest, status: int, body: bytes) -> bytes:
         """Status/result/cancel answers echo fal's id; show the caller the signed one."""
         fal_id, signed = request.notes["request_ids"]
         data = _json_object(body)

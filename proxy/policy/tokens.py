@@ -31,12 +31,12 @@ class TokenPolicy:
             a.rsplit("/", 1)[-1] for a in allowlist.apps if not any(c in a for c in "*?[")
         )
 
-    async def gate(self, request: ProxyRequest) -> None:
+    def gate(self, request: ProxyRequest) -> None:
         if request.target.operation is Operation.TOKEN and not self._settings.enabled:
             raise ProxyError(403, "temporary fal tokens (rest.fal.ai/tokens/) are disabled "
                                   "(policy.tokens.enabled)")
 
-    async def police(self, request: ProxyRequest) -> None:
+    def police(self, request: ProxyRequest) -> None:
         if request.target.operation is not Operation.TOKEN:
             return
         data = parse_json_body(request)

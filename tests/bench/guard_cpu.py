@@ -66,13 +66,18 @@ async def _one(stages: Stages, log: MetricsAccessLog, token: bytes, scenario: st
     request = ProxyRequest(scope=scope, method=method, headers=headers,
                            target=parse_target(target, method), body=body)
     for stage in (stages.identify, stages.authorize, stages.police, stages.charge):
-        await stage(request)
+        pending = stage(request)  # as the pipeline does: None, or an awaitable to finish
+        if pending is not None:
+            await pending
     outcome = Outcome(status=200, upstream_status=200)
     answer = ANSWERS[scenario]
     for response_filter in request.response_filters:
-        answer = await response_filter(request, 200, answer)
+        filtered = response_filter(request, 200, answer)
+        answer = filtered if isinstance(filtered, bytes) else await filtered
     for hook in request.settle_hooks:
-        await hook(request, outcome)
+        settling = hook(request, outcome)
+        if settling is not None:
+            await settling
     log.record(scope, request, outcome, request.started)
 
 
