@@ -199,3 +199,29 @@ async def test_the_scripts_window_states_are_the_engines(redis_server: RedisServ
             want = moving_state(budget, 0, float(b), int(a), now)
         remaining, reset = reply.split()
         assert (int(remaining), float(reset)) == (want.remaining, want.reset), case
+
+
+@pytest.mark.parametrize("strategy", ["sliding-window", "moving-window"])
+async def test_limits_own_redis_storage_reads_the_engines_counters(
+    redis_server: RedisServer, strategy: str,
+) -> None:
+    """The scripts keep `limits`' keys and algorithms: its own strategies, on its own Redis
+    storage, see what the engine counted and refuse where the engine would."""
+    from limits.aio.storage import RedisStorage
+    from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
+
+    prefix = f"t{uuid.uuid4().hex}"
+    data = {"limits": {"storage": redis_server.url, "key_prefix": prefix, "strategy": strategy}}
+    backing = open_backing(settings_from_dict(data).limits)
+    theirs = RedisStorage(f"async+{redis_server.url}", key_prefix=f"{prefix}:limits")
+    limiter = (SlidingWindowCounterRateLimiter(theirs) if strategy == "sliding-window"
+               else MovingWindowRateLimiter(theirs))
+    item = _submit().items[0]
+    try:
+        assert [await _hit(backing) for _ in range(3)] == [True] * 3
+        stats = await limiter.get_window_stats(item, *_submit().key("user:a"))
+        assert stats.remaining == 2  # 5 per minute, 3 used by the engine
+        assert await limiter.hit(item, *_submit().key("user:a"), cost=2)
+        assert not await _hit(backing)  # limits' 2 hits count for the engine too
+    finally:
+        await backing.aclose()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from limits.aio.storage import RedisStorage
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -14,7 +13,7 @@ from .batching import BatchingRedis
 from .redis_engine import RedisEngine
 from .resp import RedisLink
 from .settings import LimitsSettings
-from .store import STORE_ERRORS, Backing, DayUsage, strategy, today
+from .store import STORE_ERRORS, Backing, DayUsage, today
 
 __all__ = ["open_redis_backing"]
 
@@ -112,23 +111,14 @@ def open_redis_backing(settings: LimitsSettings) -> Backing:
     pool = ConnectionPool.from_url(settings.storage, **options)
     link = RedisLink(pool, settings.redis_timeout)  # the hot path's own connection
     redis = _LimitsRedis(pool, link)
-    shared: dict[str, Any] = {"connection_pool": pool}  # one pool for limits and our counters
-    storage = RedisStorage(
-        "async+" + settings.storage, implementation="redispy", wrap_exceptions=True,
-        key_prefix=f"{prefix}:limits", **shared,
-    )
-    _batch_limits_commands(storage, redis)
     slots = _RedisSlots(redis, prefix, settings.concurrency_expiry)
     usage = _RedisUsage(redis, prefix, settings.usage_retention_days)
     engine = RedisEngine(link, prefix, sliding=settings.strategy == "sliding-window",
                          cost_sliding=settings.cost_strategy == "sliding-window",
                          slot_expiry=settings.concurrency_expiry,
                          usage_retention_days=settings.usage_retention_days)
-    return Backing(
-        "redis", strategy(settings.strategy, storage),
-        strategy(settings.cost_strategy, storage), slots, usage, storage, engine,
-        redis, settings.redis_timeout, (*STORE_ERRORS, RedisError),
-    )
+    return Backing("redis", slots, usage, engine, redis, settings.redis_timeout,
+                   (*STORE_ERRORS, RedisError))
 
 
 class _LimitsRedis(BatchingRedis):
@@ -141,15 +131,3 @@ class _LimitsRedis(BatchingRedis):
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         self._link.close()
         await super().aclose(close_connection_pool)
-
-
-def _batch_limits_commands(storage: RedisStorage, redis: Redis) -> None:
-    """Let `limits` send through the batching client too (limits 5.x's redis-py bridge)."""
-    bridge: Any = getattr(storage, "bridge", None)
-    if bridge is None or not hasattr(bridge, "register_scripts"):
-        return  # another limits layout: it keeps its own client, which is only slower
-    bridge.storage = redis
-    bridge.connection_getter = lambda _readonly: redis
-    bridge.register_scripts()
-
-

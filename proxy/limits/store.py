@@ -16,12 +16,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
-from limits.aio.storage import Storage
-from limits.aio.strategies import (
-    MovingWindowRateLimiter,
-    RateLimiter,
-    SlidingWindowCounterRateLimiter,
-)
 from limits.errors import StorageError
 
 from .engine import Engine, LocalEngine
@@ -172,17 +166,13 @@ class MemoryUsage:
                 if day in days and (caller is None or who == caller)]
 
 
-# Server time, so several hosts agree on expiries whatever their clocks say.
 @dataclass(slots=True)
 class Backing:
-    """The storage behind every budget: a `limits` strategy, slots and usage."""
+    """The storage behind every budget: the engine that checks windows, slots and usage."""
 
     kind: str  # "memory" | "redis"
-    limiter: RateLimiter | None  # `limits`' strategies on its Redis storage (None in memory)
-    cost_limiter: RateLimiter | None
     slots: Slots
     usage: Usage
-    storage: Storage | None
     engine: Engine  # every check of one request at once (see engine.py)
     redis: Redis | None = None
     timeout: float = 0.5
@@ -202,12 +192,6 @@ class Backing:
             await self.redis.aclose(close_connection_pool=True)
 
 
-def strategy(name: str, storage: Storage) -> RateLimiter:
-    if name == "sliding-window":
-        return SlidingWindowCounterRateLimiter(storage)
-    return MovingWindowRateLimiter(storage)
-
-
 def open_backing(settings: LimitsSettings) -> Backing:
     """Build the store for `settings.storage`. Connects lazily, on first use."""
     if not settings.uses_redis:
@@ -216,7 +200,7 @@ def open_backing(settings: LimitsSettings) -> Backing:
         engine = LocalEngine(LocalWindows(), slots, usage,
                              sliding=settings.strategy == "sliding-window",
                              cost_sliding=settings.cost_strategy == "sliding-window")
-        return Backing("memory", None, None, slots, usage, None, engine)
+        return Backing("memory", slots, usage, engine)
     from .redis_store import open_redis_backing  # imported only when Redis is configured
 
     return open_redis_backing(settings)
