@@ -59,7 +59,10 @@ class Engine(Protocol):
 
 def sliding_state(budget: Budget, index: int, prev: int, prev_ttl: float, cur: int,
                   cur_ttl: float) -> Window:
-    """A sliding-window counter's state (TTLs in seconds), as `limits`' get_window_stats."""
+    """A sliding-window counter's state (TTLs in seconds), as `limits`' get_window_stats.
+
+    The reference both engines are tested against: the Redis admission script computes the
+    same in Lua, `local_windows` inline."""
     item = budget.items[index]
     expiry = item.get_expiry()
     remaining = max(0, item.amount - math.floor(prev * prev_ttl / expiry + cur))

@@ -94,10 +94,10 @@ class LimitsGuard:
         self._endpoints = {
             name: self._policy(name, override) for name, override in settings.endpoints.items()
         }
-        # Status calls name the app, not the endpoint, so they release slots whenever any
-        # endpoint may have taken one.
         # In memory, checks are synchronous calls: no coroutine per stage on the hot path.
         self._local = backing.engine if isinstance(backing.engine, LocalEngine) else None
+        # Status calls name the app, not the endpoint, so they release slots whenever any
+        # endpoint may have taken one.
         self._slots_used = any(
             p.concurrency > 0 for p in (self._default, *self._endpoints.values()))
         self._released: dict[tuple[str, str], None] = {}  # recently released jobs, oldest first

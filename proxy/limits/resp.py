@@ -16,7 +16,7 @@ write, or the connection is dropped and every pending call fails with redis-py's
 `ConnectionError` and the next call opens a new one. Errors are redis-py's exception classes
 (`RedisError` subclasses), so the limits' "store down" handling is unchanged.
 
-Everything else (usage reads, pings, slot releases, `limits`' own scripts) stays on redis-py.
+Everything else (usage reads, pings, slot releases) stays on redis-py.
 """
 
 from __future__ import annotations
