@@ -52,9 +52,9 @@ class TurnBatch(Generic[_Item]):
             task.add_done_callback(self._tasks.discard)
 
 
-def settle_all(batch: list[Pending[Any]], replies: Iterable[Any]) -> None:
+def settle_all(futures: Iterable[asyncio.Future[Any]], replies: Iterable[Any]) -> None:
     """Each caller its own reply; a reply that is an exception is raised to its caller."""
-    for (_, future), reply in zip(batch, replies, strict=True):
+    for future, reply in zip(futures, replies, strict=True):
         if future.done():
             continue
         if isinstance(reply, Exception):
@@ -63,9 +63,9 @@ def settle_all(batch: list[Pending[Any]], replies: Iterable[Any]) -> None:
             future.set_result(reply)
 
 
-def fail_all(batch: list[Pending[Any]], exc: BaseException) -> None:
+def fail_all(futures: Iterable[asyncio.Future[Any]], exc: BaseException) -> None:
     """The whole call failed: every caller gets the error (cancelled, if it was cancelled)."""
-    for _, future in batch:
+    for future in futures:
         if future.done():
             continue
         if isinstance(exc, Exception):
@@ -91,10 +91,10 @@ class BatchingRedis(Redis):
         try:
             replies = await pipe.execute(raise_on_error=False)
         except BaseException as exc:  # connection trouble: every caller gets the error
-            fail_all(batch, exc)
+            fail_all((future for _, future in batch), exc)
             if not isinstance(exc, Exception):
                 raise
             return
         finally:
             await pipe.reset()  # type: ignore[no-untyped-call]
-        settle_all(batch, replies)
+        settle_all((future for _, future in batch), replies)

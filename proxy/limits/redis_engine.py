@@ -27,6 +27,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
+from .batching import fail_all, settle_all
 from .budgets import Budget, Window
 from .engine import Admission, KeyCache, Step
 from .resp import RedisLink, bulk, pack
@@ -327,27 +328,13 @@ class _Lane:
             self._link.send(command, functools.partial(self._replied, batch, command, True))
             return
         if isinstance(reply, BaseException):  # every caller gets the error
-            for request in batch:
-                future = request[4]
-                if future.done():
-                    continue
-                if isinstance(reply, Exception):
-                    future.set_exception(reply)
-                else:  # cancelled (shutdown): so are the callers
-                    future.cancel()
+            fail_all((request[4] for request in batch), reply)
             return
         replies: list[Any] = reply.split(b"\n") if isinstance(reply, bytes) else []
         if len(replies) != len(batch):  # not our script's answer: fail them all, safely
             error = ResponseError(f"unexpected script reply: {reply!r:.100}")
             replies = [error] * len(batch)
-        for request, one in zip(batch, replies, strict=True):
-            future = request[4]
-            if future.done():
-                continue
-            if isinstance(one, Exception):
-                future.set_exception(one)
-            else:
-                future.set_result(one)
+        settle_all((request[4] for request in batch), replies)
 
 
 def _ignore(reply: Any) -> None:
