@@ -134,18 +134,10 @@ class LocalEngine:
         """`admit`, synchronously (the guard calls this one: no coroutine per request)."""
         now = self._store.clock()
         out = Admission()
-        windows = out.windows
         for step in tests:
-            budget = step.budget
-            items = budget.items
-            for index, window in enumerate(self._windows(budget, caller)):
-                item = items[index]
-                ok, remaining, reset = window.check(now, item.amount, step.amount, False)
-                state = Window(budget, item, remaining, reset, index)
-                if not ok:
-                    out.refused = state
-                    return out
-                windows.append(state)
+            out.refused = self._check(caller, step, now, False, out.windows)
+            if out.refused is not None:
+                return out
         if slot is not None:
             ok, in_flight, expires = self._slots.take(caller, slot[0], slot[1])
             if not ok:
@@ -153,20 +145,28 @@ class LocalEngine:
                 return out
             out.slot = slot[0]
         for step in hits:
-            budget = step.budget
-            items = budget.items
-            for index, window in enumerate(self._windows(budget, caller)):
-                item = items[index]
-                ok, remaining, reset = window.check(now, item.amount, step.amount, True)
-                state = Window(budget, item, remaining, reset, index)
-                if not ok:
-                    out.refused = state
-                    if out.slot is not None:
-                        self._slots.drop(caller, out.slot)
-                        out.slot = None
-                    return out
-                windows.append(state)
+            out.refused = self._check(caller, step, now, True, out.windows)
+            if out.refused is not None:
+                if out.slot is not None:
+                    self._slots.drop(caller, out.slot)
+                    out.slot = None
+                return out
         return out
+
+    def _check(self, caller: str, step: Step, now: float, hit: bool, windows: list[Window]
+               ) -> Window | None:
+        """Test (or hit) each window of `step`'s budget in order, adding their states to
+        `windows`; the state of the window that refused, if one did."""
+        budget = step.budget
+        items = budget.items
+        for index, window in enumerate(self._windows(budget, caller)):
+            item = items[index]
+            ok, remaining, reset = window.check(now, item.amount, step.amount, hit)
+            state = Window(budget, item, remaining, reset, index)
+            if not ok:
+                return state
+            windows.append(state)
+        return None
 
     def settle_now(self, caller: str, consume: list[Step], usage: tuple[int, float] | None,
                    slot: tuple[str, str | None] | None) -> None:
