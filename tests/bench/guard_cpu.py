@@ -46,7 +46,8 @@ ANSWERS = {"submit": json.dumps({"request_id": REQUEST_ID, "status": "IN_QUEUE"}
 CONCURRENCY = 64
 
 
-def _settings(name: str, redis_url: str) -> Settings:
+def guards_config(name: str, redis_url: str) -> dict[str, Any]:
+    """The configuration of guards-off, guards-memory or guards-redis (also stage_times.py's)."""
     data: dict[str, Any] = {"log": {"access": False}, "policy": {"ownership": False},
                             "identity": {"secrets": [SECRET], "resolvers": ["bearer"]},
                             "limits": dict(LIMITS)}
@@ -55,7 +56,11 @@ def _settings(name: str, redis_url: str) -> Settings:
         data["limits"] = {"enabled": False}
     elif name == "guards-redis":
         data["limits"]["storage"] = redis_url
-    return settings_from_dict(data)
+    return data
+
+
+def _settings(name: str, redis_url: str) -> Settings:
+    return settings_from_dict(guards_config(name, redis_url))
 
 
 async def _one(stages: Stages, log: MetricsAccessLog, token: bytes, scenario: str) -> None:

@@ -34,32 +34,21 @@ from proxy import pipeline as pipeline_module  # noqa: E402
 from proxy.app import create_app  # noqa: E402
 from proxy.identity.tokens import issue_token  # noqa: E402
 from proxy.settings import Settings, settings_from_dict  # noqa: E402
+from tests.bench import guard_cpu  # noqa: E402
 from tests.fakes.redis_server import RedisServer  # noqa: E402
 
 BENCH = ROOT.parent / "shared" / "bench"
-SECRET = "bench-signing-secret-0123456789"
-LIMITS = {"submit": "100000000/hour", "cost": "100000000/hour", "global_cost": "100000000/day",
-          "polling": "100000000/hour", "concurrency": 100000000, "strategy": "sliding-window"}
-STATUS = (b"https://queue.fal.run/fal-ai/flux/requests/"
-          b"2b5e4c1a-7d3f-4e8b-9a61-0c4f2d8e9b17/status")
-SUBMIT = b"https://queue.fal.run/fal-ai/flux/dev"
+STATUS, SUBMIT = guard_cpu.STATUS.encode(), guard_cpu.SUBMIT.encode()
 BODY = (BENCH / "wrk" / "bodies" / "submit.json").read_bytes().strip()
 CALLERS, PER_ROUND = 64, 40
 STAGES = ("identify", "authorize", "police", "charge")
 
 
 def _settings(name: str, redis_url: str) -> Settings:
-    data: dict[str, Any] = {
-        "log": {"access": False}, "policy": {"ownership": False},
-        "identity": {"secrets": [SECRET], "resolvers": ["bearer"]}, "limits": dict(LIMITS),
-        "upstream": {"queue": "http://127.0.0.1:18081"}, "fal": {"key": "bench-key"},
-    }
-    if name == "guards-off":
-        data["identity"]["resolvers"] = ["address"]
-        data["limits"] = {"enabled": False}
-    elif name == "guards-redis":
-        data["limits"]["storage"] = redis_url
-    return settings_from_dict(data)
+    """guard_cpu.py's configurations, forwarding to the fake upstream."""
+    return settings_from_dict({**guard_cpu.guards_config(name, redis_url),
+                               "upstream": {"queue": "http://127.0.0.1:18081"},
+                               "fal": {"key": "bench-key"}})
 
 
 class _Timers:
@@ -87,7 +76,7 @@ async def _measure(settings: Settings, scenario: str, rounds: int
     merge = pipeline_module._merge_headers
     pipeline_module._merge_headers = timers.wrap("merge headers", merge)
     app = create_app(settings)
-    token = issue_token("bench", 3600, [SECRET]).encode()
+    token = issue_token("bench", 3600, [guard_cpu.SECRET]).encode()
     method, target, body = ("GET", STATUS, b"") if scenario == "status" else ("POST", SUBMIT, BODY)
     headers = [(b"host", b"127.0.0.1"), (b"x-fal-target-url", target),
                (b"authorization", b"Bearer " + token)]
