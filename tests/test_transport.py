@@ -89,9 +89,20 @@ async def serve() -> AsyncIterator[Callable[..., Awaitable[Server]]]:
         server.close()
 
 
-def transport(**overrides: float | int) -> HttpTransport:
-    settings = UpstreamSettings(**overrides)  # type: ignore[arg-type]
-    return HttpTransport(settings)
+@pytest.fixture
+async def transport() -> AsyncIterator[Callable[..., HttpTransport]]:
+    """Makes clients (upstream settings overridden), each closed when the test ends."""
+    clients: list[HttpTransport] = []
+
+    def make(ssl_context: ssl.SSLContext | None = None, **overrides: float | int
+             ) -> HttpTransport:
+        settings = UpstreamSettings(**overrides)  # type: ignore[arg-type]
+        clients.append(HttpTransport(settings, ssl_context=ssl_context))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        await client.aclose()
 
 
 def ok(body: bytes, extra: bytes = b"") -> bytes:
@@ -99,7 +110,7 @@ def ok(body: bytes, extra: bytes = b"") -> bytes:
             + str(len(body)).encode() + b"\r\n" + extra + b"\r\n" + body)
 
 
-async def test_keeps_the_connection_alive_between_requests(serve) -> None:
+async def test_keeps_the_connection_alive_between_requests(serve, transport) -> None:
     seen: list[bytes] = []
 
     async def handler(conn: Conn) -> None:
@@ -109,20 +120,19 @@ async def test_keeps_the_connection_alive_between_requests(serve) -> None:
 
     server = await serve(handler)
     client = transport()
-    try:
-        for n in (1, 2, 3):
-            resp = await client.send("GET", server.url + "/a/b?x=1", {"accept": "*/*"}, None,
-                                     stream=False)
-            assert resp.status == 200
-            assert await resp.read(1000) == b'{"n":%d}' % n
-    finally:
-        await client.aclose()
+    for n in (1, 2, 3):
+        resp = await client.send("GET", server.url + "/a/b?x=1", {"accept": "*/*"}, None,
+                                 stream=False)
+        assert resp.status == 200
+        assert await resp.read(1000) == b'{"n":%d}' % n
     assert server.connections == 1
     assert seen[0].startswith(b"GET /a/b?x=1 HTTP/1.1\r\nhost: 127.0.0.1:")
     assert b"accept: */*\r\n" in seen[0]
 
 
-async def test_sends_the_body_with_its_length_and_filters_response_headers(serve) -> None:
+async def test_sends_the_body_with_its_length_and_filters_response_headers(
+    serve, transport
+) -> None:
     got: list[bytes] = []
 
     async def handler(conn: Conn) -> None:
@@ -132,12 +142,9 @@ async def test_sends_the_body_with_its_length_and_filters_response_headers(serve
 
     server = await serve(handler)
     client = transport()
-    try:
-        resp = await client.send("POST", server.url + "/fal-ai/flux/dev", {}, b'{"p":"cat"}',
-                                 stream=False)
-        assert await resp.read(100) == b"{}"
-    finally:
-        await client.aclose()
+    resp = await client.send("POST", server.url + "/fal-ai/flux/dev", {}, b'{"p":"cat"}',
+                             stream=False)
+    assert await resp.read(100) == b"{}"
     assert got[0].endswith(b"content-length: 11\r\n\r\n{\"p\":\"cat\"}")
     names = [name for name, _ in resp.headers]
     assert b"x-fal-request-id" in names
@@ -145,7 +152,7 @@ async def test_sends_the_body_with_its_length_and_filters_response_headers(serve
     assert b"content-length" not in names
 
 
-async def test_chunked_and_close_delimited_bodies(serve) -> None:
+async def test_chunked_and_close_delimited_bodies(serve, transport) -> None:
     async def chunked(conn: Conn) -> None:
         await conn.request()
         await conn.reply(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -157,16 +164,15 @@ async def test_chunked_and_close_delimited_bodies(serve) -> None:
         conn.writer.close()
 
     client = transport()
-    try:
-        for handler, expected in ((chunked, b"hello world"), (until_close, b"all of it")):
-            server = await serve(handler)
-            resp = await client.send("GET", server.url + "/", {}, None, stream=False)
-            assert await resp.read(100) == expected
-    finally:
-        await client.aclose()
+    for handler, expected in ((chunked, b"hello world"), (until_close, b"all of it")):
+        server = await serve(handler)
+        resp = await client.send("GET", server.url + "/", {}, None, stream=False)
+        assert await resp.read(100) == expected
 
 
-async def test_a_response_over_the_limit_is_refused_and_its_connection_dropped(serve) -> None:
+async def test_a_response_over_the_limit_is_refused_and_its_connection_dropped(
+    serve, transport
+) -> None:
     async def big(conn: Conn) -> None:
         await conn.request()
         await conn.reply(ok(b"x" * 5000))
@@ -178,77 +184,67 @@ async def test_a_response_over_the_limit_is_refused_and_its_connection_dropped(s
             await conn.reply(b"3e8\r\n" + b"y" * 1000 + b"\r\n")
 
     client = transport()
-    try:
-        for handler in (big, big_chunks):
-            server = await serve(handler)
-            resp = await client.send("GET", server.url + "/", {}, None, stream=False)
-            with pytest.raises(UpstreamError) as info:
-                await resp.read(4096)
-            assert info.value.kind == "too_large"
-            await asyncio.wait_for(server.closed_by_client.wait(), 5)
-    finally:
-        await client.aclose()
+    for handler in (big, big_chunks):
+        server = await serve(handler)
+        resp = await client.send("GET", server.url + "/", {}, None, stream=False)
+        with pytest.raises(UpstreamError) as info:
+            await resp.read(4096)
+        assert info.value.kind == "too_large"
+        await asyncio.wait_for(server.closed_by_client.wait(), 5)
 
 
-async def test_timeouts_and_unreachable_upstreams(serve) -> None:
+async def test_timeouts_and_unreachable_upstreams(serve, transport) -> None:
     async def silent(conn: Conn) -> None:
         await conn.request()
         await asyncio.sleep(5)
 
     server = await serve(silent)
     client = transport(first_byte_timeout=0.2)
-    try:
-        with pytest.raises(UpstreamError) as info:
-            await client.send("POST", server.url + "/", {}, b"{}", stream=False)
-        assert (info.value.kind, info.value.sent) == ("timeout", True)
+    with pytest.raises(UpstreamError) as info:
+        await client.send("POST", server.url + "/", {}, b"{}", stream=False)
+    assert (info.value.kind, info.value.sent) == ("timeout", True)
 
-        probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-        port = probe.sockets[0].getsockname()[1]
-        probe.close()
-        await probe.wait_closed()
-        with pytest.raises(UpstreamError) as info:
-            await client.send("POST", f"http://127.0.0.1:{port}/", {}, b"{}", stream=False)
-        assert (info.value.kind, info.value.sent) == ("unreachable", False)
-    finally:
-        await client.aclose()
+    probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = probe.sockets[0].getsockname()[1]
+    probe.close()
+    await probe.wait_closed()
+    with pytest.raises(UpstreamError) as info:
+        await client.send("POST", f"http://127.0.0.1:{port}/", {}, b"{}", stream=False)
+    assert (info.value.kind, info.value.sent) == ("unreachable", False)
 
 
-async def test_a_header_with_a_line_break_is_never_sent(serve) -> None:
+async def test_a_header_with_a_line_break_is_never_sent(serve, transport) -> None:
     async def handler(conn: Conn) -> None:
         server.requests.append(await conn.request())
 
     server = await serve(handler)
     client = transport()
-    try:
-        with pytest.raises(UpstreamError) as info:
-            await client.send("GET", server.url + "/", {"x-a": "1\r\nauthorization: x"}, None,
-                              stream=False)
-        assert info.value.sent is False
-    finally:
-        await client.aclose()
+    with pytest.raises(UpstreamError) as info:
+        await client.send("GET", server.url + "/", {"x-a": "1\r\nauthorization: x"}, None,
+                          stream=False)
+    assert info.value.sent is False
     await asyncio.sleep(0.05)
     assert server.requests == []
 
 
-async def test_an_idle_connection_the_server_closed_is_not_reused(serve) -> None:
+async def test_an_idle_connection_the_server_closed_is_not_reused(serve, transport) -> None:
     async def once(conn: Conn) -> None:
         await conn.request()
         await conn.reply(ok(b"{}"))  # keep-alive by default, then closed by the server
 
     server = await serve(once)
     client = transport()
-    try:
-        first = await client.send("GET", server.url + "/", {}, None, stream=False)
-        assert await first.read(100) == b"{}"
-        await asyncio.sleep(0.1)
-        second = await client.send("GET", server.url + "/", {}, None, stream=False)
-        assert await second.read(100) == b"{}"
-    finally:
-        await client.aclose()
+    first = await client.send("GET", server.url + "/", {}, None, stream=False)
+    assert await first.read(100) == b"{}"
+    await asyncio.sleep(0.1)
+    second = await client.send("GET", server.url + "/", {}, None, stream=False)
+    assert await second.read(100) == b"{}"
     assert server.connections == 2
 
 
-async def test_streams_each_chunk_as_it_arrives_and_closing_drops_the_upstream(serve) -> None:
+async def test_streams_each_chunk_as_it_arrives_and_closing_drops_the_upstream(
+    serve, transport
+) -> None:
     more = asyncio.Event()
 
     async def sse(conn: Conn) -> None:
@@ -261,35 +257,29 @@ async def test_streams_each_chunk_as_it_arrives_and_closing_drops_the_upstream(s
 
     server = await serve(sse)
     client = transport()
-    try:
-        resp = await client.send("GET", server.url + "/status/stream", {}, None, stream=True)
-        chunks = resp.iter_chunks()
-        assert await asyncio.wait_for(anext(chunks), 2) == b'data: {"a":1}\n\n'
-        more.set()  # the second event exists only after the first was received
-        assert await asyncio.wait_for(anext(chunks), 2) == b'data: {"a":2}\n\n'
-        await chunks.aclose()
-        await resp.aclose()
-        await asyncio.wait_for(server.closed_by_client.wait(), 5)
-    finally:
-        await client.aclose()
+    resp = await client.send("GET", server.url + "/status/stream", {}, None, stream=True)
+    chunks = resp.iter_chunks()
+    assert await asyncio.wait_for(anext(chunks), 2) == b'data: {"a":1}\n\n'
+    more.set()  # the second event exists only after the first was received
+    assert await asyncio.wait_for(anext(chunks), 2) == b'data: {"a":2}\n\n'
+    await chunks.aclose()
+    await resp.aclose()
+    await asyncio.wait_for(server.closed_by_client.wait(), 5)
 
 
-async def test_an_idle_stream_ends_after_the_idle_timeout(serve) -> None:
+async def test_an_idle_stream_ends_after_the_idle_timeout(serve, transport) -> None:
     async def quiet(conn: Conn) -> None:
         await conn.request()
         await conn.reply(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
 
     server = await serve(quiet)
     client = transport(stream_idle_timeout=0.2)
-    try:
-        resp = await client.send("GET", server.url + "/", {}, None, stream=True)
-        assert [chunk async for chunk in resp.iter_chunks()] == []
-        await asyncio.wait_for(server.closed_by_client.wait(), 5)
-    finally:
-        await client.aclose()
+    resp = await client.send("GET", server.url + "/", {}, None, stream=True)
+    assert [chunk async for chunk in resp.iter_chunks()] == []
+    await asyncio.wait_for(server.closed_by_client.wait(), 5)
 
 
-async def test_the_pool_size_bounds_open_connections(serve) -> None:
+async def test_the_pool_size_bounds_open_connections(serve, transport) -> None:
     async def slow(conn: Conn) -> None:
         while await conn.request():
             await asyncio.sleep(0.05)
@@ -302,30 +292,24 @@ async def test_the_pool_size_bounds_open_connections(serve) -> None:
         resp = await client.send("GET", server.url + "/", {}, None, stream=False)
         return await resp.read(100)
 
-    try:
-        assert await asyncio.gather(*(one() for _ in range(6))) == [b"{}"] * 6
-    finally:
-        await client.aclose()
+    assert await asyncio.gather(*(one() for _ in range(6))) == [b"{}"] * 6
     assert server.most_open == 2
 
 
-async def test_informational_responses_are_skipped(serve) -> None:
+async def test_informational_responses_are_skipped(serve, transport) -> None:
     async def early_hints(conn: Conn) -> None:
         await conn.request()
         await conn.reply(b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n" + ok(b'{"ok":1}'))
 
     server = await serve(early_hints)
     client = transport()
-    try:
-        resp = await client.send("GET", server.url + "/", {}, None, stream=False)
-        assert resp.status == 200
-        assert await resp.read(100) == b'{"ok":1}'
-        assert (b"link", b"</a>") not in resp.headers
-    finally:
-        await client.aclose()
+    resp = await client.send("GET", server.url + "/", {}, None, stream=False)
+    assert resp.status == 200
+    assert await resp.read(100) == b'{"ok":1}'
+    assert (b"link", b"</a>") not in resp.headers
 
 
-async def test_https_upstreams_are_verified(serve) -> None:
+async def test_https_upstreams_are_verified(serve, transport) -> None:
     ca = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_context)
@@ -338,20 +322,16 @@ async def test_https_upstreams_are_verified(serve) -> None:
     url = f"https://127.0.0.1:{server.port}/x"
     trusting = ssl.create_default_context()
     ca.configure_trust(trusting)
-    client = HttpTransport(UpstreamSettings(), ssl_context=trusting)
+    client = transport(ssl_context=trusting)
     default = transport()
-    try:
-        resp = await client.send("GET", url, {}, None, stream=False)
-        assert await resp.read(100) == b'{"tls":true}'
-        with pytest.raises(UpstreamError) as info:  # our test CA is not a system CA
-            await default.send("GET", url, {}, None, stream=False)
-        assert (info.value.kind, info.value.sent) == ("unreachable", False)
-    finally:
-        await client.aclose()
-        await default.aclose()
+    resp = await client.send("GET", url, {}, None, stream=False)
+    assert await resp.read(100) == b'{"tls":true}'
+    with pytest.raises(UpstreamError) as info:  # our test CA is not a system CA
+        await default.send("GET", url, {}, None, stream=False)
+    assert (info.value.kind, info.value.sent) == ("unreachable", False)
 
 
-async def test_an_endless_response_head_is_refused(serve) -> None:
+async def test_an_endless_response_head_is_refused(serve, transport) -> None:
     async def huge_head(conn: Conn) -> None:
         await conn.request()
         await conn.reply(b"HTTP/1.1 200 OK\r\n")
@@ -360,27 +340,21 @@ async def test_an_endless_response_head_is_refused(serve) -> None:
 
     server = await serve(huge_head)
     client = transport()
-    try:
-        with pytest.raises(UpstreamError) as info:
-            await client.send("GET", server.url + "/", {}, None, stream=False)
-        assert info.value.kind == "failed"
-        await asyncio.wait_for(server.closed_by_client.wait(), 5)
-    finally:
-        await client.aclose()
+    with pytest.raises(UpstreamError) as info:
+        await client.send("GET", server.url + "/", {}, None, stream=False)
+    assert info.value.kind == "failed"
+    await asyncio.wait_for(server.closed_by_client.wait(), 5)
 
 
-async def test_bytes_sent_on_an_idle_connection_retire_it(serve) -> None:
+async def test_bytes_sent_on_an_idle_connection_retire_it(serve, transport) -> None:
     async def chatty(conn: Conn) -> None:
         while await conn.request():
             await conn.reply(ok(b"{}") + b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n{\"bad\":1}")
 
     server = await serve(chatty)
     client = transport()
-    try:
-        for _ in range(2):
-            resp = await client.send("GET", server.url + "/", {}, None, stream=False)
-            assert await resp.read(100) == b"{}"  # never the stray response
-            await asyncio.sleep(0.05)
-    finally:
-        await client.aclose()
+    for _ in range(2):
+        resp = await client.send("GET", server.url + "/", {}, None, stream=False)
+        assert await resp.read(100) == b"{}"  # never the stray response
+        await asyncio.sleep(0.05)
     assert server.connections == 2
