@@ -20,7 +20,7 @@ from .local_windows import LocalWindow, LocalWindows, next_turn
 if TYPE_CHECKING:
     from .store import MemorySlots, MemoryUsage
 
-__all__ = ["Admission", "Engine", "KeyCache", "LocalEngine", "Step", "moving_state",
+__all__ = ["Admission", "Engine", "LocalEngine", "Step", "moving_state",
            "sliding_state"]
 
 
@@ -83,24 +83,6 @@ def moving_state(budget: Budget, index: int, start: float, count: int, now: floa
     # clamped: in Redis, entries of requests admitted together may carry a later client clock
     reset = min(float(expiry), max(0.0, start + expiry - now))
     return Window(budget, item, max(0, item.amount - count), reset, index)
-
-
-class KeyCache:
-    """`limits`' storage key of each window of a budget for a caller, built once (bounded)."""
-
-    def __init__(self, size: int = 65536) -> None:
-        self._keys: dict[tuple[int, str], tuple[str, ...]] = {}
-        self._size = size
-
-    def __call__(self, budget: Budget, caller: str) -> tuple[str, ...]:
-        cache_key = (id(budget), caller)  # budgets live as long as the guard
-        keys = self._keys.get(cache_key)
-        if keys is None:
-            if len(self._keys) >= self._size:
-                self._keys.clear()
-            ids = budget.key(caller)
-            keys = self._keys[cache_key] = tuple(item.key_for(*ids) for item in budget.items)
-        return keys
 
 
 class LocalEngine:

@@ -29,7 +29,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from .batching import fail_all, settle_all
 from .budgets import Budget, Window
-from .engine import Admission, KeyCache, Step
+from .engine import Admission, Step
 from .resp import RedisLink, bulk, pack
 from .store import today
 
@@ -343,6 +343,24 @@ def _ignore(reply: Any) -> None:
 
 def _bulk_pair(first: bytes, second: bytes) -> bytes:
     return b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(first), first, len(second), second)
+
+
+class KeyCache:
+    """`limits`' storage key of each window of a budget for a caller, built once (bounded)."""
+
+    def __init__(self, size: int = 65536) -> None:
+        self._keys: dict[tuple[int, str], tuple[str, ...]] = {}
+        self._size = size
+
+    def __call__(self, budget: Budget, caller: str) -> tuple[str, ...]:
+        cache_key = (id(budget), caller)  # budgets live as long as the guard
+        keys = self._keys.get(cache_key)
+        if keys is None:
+            if len(self._keys) >= self._size:
+                self._keys.clear()
+            ids = budget.key(caller)
+            keys = self._keys[cache_key] = tuple(item.key_for(*ids) for item in budget.items)
+        return keys
 
 
 class RedisEngine:
