@@ -63,6 +63,22 @@ async def test_concurrent_submits_exactly_the_limit_reach_upstream(
     assert sorted(policy(r)["submit-1-minute"]["r"] for r in accepted) == list(range(10))
 
 
+async def test_concurrent_submits_never_overshoot_the_cost_quota(
+    fake_fal: FakeFal, store: dict[str, Any]
+) -> None:
+    """Cost is taken at admission with the other budgets (and refunded if fal refuses), so
+    requests checked at the same moment cannot spend more than the quota together."""
+    settings = proxy_settings(fake_fal, limits=limits(**store, cost="10/day"))
+    with running_proxy(settings) as server:
+        url = proxy_url(server)
+        async with client() as http:
+            answers = await asyncio.gather(*(submit(http, url, flux_input(2)) for _ in range(30)))
+    codes = [r.status_code for r in answers]
+    assert codes.count(200) == 5 and codes.count(429) == 25
+    assert {r.json()["limit"]["budget"] for r in answers if r.status_code == 429} == {"cost"}
+    assert len(fake_fal.requests(host="queue.fal.run", method="POST")) == 5
+
+
 async def test_cost_follows_the_input_and_refusals_are_free(
     fake_fal: FakeFal, store: dict[str, Any]
 ) -> None:

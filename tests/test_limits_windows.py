@@ -97,3 +97,30 @@ def test_idle_windows_are_dropped_only_by_a_sweep_and_only_when_idle() -> None:
     windows.get(("submit", "*", "c"), (1,), True)
     assert set(windows.windows) == {("submit", "*", "a"), ("submit", "*", "c")}
     assert windows.get(("submit", "*", "a"), (60,), True) == (busy,)  # same counter kept
+
+
+def test_a_refund_leaves_the_count_that_holds_the_hit() -> None:
+    """A sliding counter's hit moves from the current count to the previous one when its
+    fixed window turns: a refund follows it there, and is gone with it."""
+    counter = SlidingCounter(10)
+    assert counter.check(1005.0, 10, 4, True)[0]
+    turn = counter.turn
+    counter.refund(turn, 1005.0, 1)
+    assert (counter.current, counter.previous) == (3, 0)
+    counter.check(1012.0, 10, 2, True)  # the next fixed window: 3 weigh as the previous count
+    counter.refund(turn, 1005.0, 2)
+    assert (counter.current, counter.previous) == (2, 1)
+    counter.check(1031.0, 10, 1, True)  # two windows on: the hit left the sliding window
+    counter.refund(turn, 1005.0, 5)
+    assert (counter.current, counter.previous) == (1, 0)
+
+
+def test_a_moving_refund_removes_its_own_entry() -> None:
+    log = MovingLog(10)
+    for at, amount in ((100.0, 2), (101.0, 3), (102.0, 1)):
+        assert log.check(at, 10, amount, True)[0]
+    log.refund(log.turn, 101.0, 3)
+    assert list(log.entries) == [(100.0, 2), (102.0, 1)] and log.count == 3
+    assert log.check(111.0, 10, 1, True)[2] == pytest.approx(1.0)  # 102's entry leaves first
+    log.refund(log.turn, 100.0, 2)  # already left the window: nothing to take back
+    assert log.count == 2

@@ -52,6 +52,7 @@ class Window:
     remaining: int  # in the budget's own integer units
     reset: float  # seconds from now
     index: int = 0  # of `item` in `budget.items`
+    turn: int = 0  # which fixed window a hit went into, in the store's numbering (refunds)
 
     @property
     def label(self) -> str:
@@ -83,9 +84,9 @@ def make_budget(name: str, spec: str, scope: str, *, cost: bool, fail_open: bool
                   tuple(item.get_expiry() for item in items), ", ".join(policies).encode())
 
 
-def rate_limit_headers(windows: list[Window], pending: int = 0) -> list[tuple[bytes, bytes]]:
+def rate_limit_headers(windows: list[Window]) -> list[tuple[bytes, bytes]]:
     """`RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers), one item
-    per window; `pending` is a cost about to be charged, already taken off `r`."""
+    per window."""
     if not windows:
         return []
     first = windows[0].budget
@@ -93,16 +94,9 @@ def rate_limit_headers(windows: list[Window], pending: int = 0) -> list[tuple[by
         policy = first.policy_header  # one budget's windows, in order (every poll)
     else:
         policy = ", ".join(w.budget.policies[w.index] for w in windows).encode()
-    states = [f'"{w.budget.labels[w.index]}";r={_left(w, pending)};t={math.ceil(w.reset)}'
-              for w in windows]
+    states = [f'"{w.budget.labels[w.index]}";r={w.remaining // w.budget.scale};'
+              f't={math.ceil(w.reset)}' for w in windows]
     return [(b"ratelimit-policy", policy), (b"ratelimit", ", ".join(states).encode())]
-
-
-def _left(window: Window, pending: int) -> int:
-    scale = window.budget.scale
-    if scale == 1:
-        return window.remaining
-    return max(0, window.remaining - pending) // scale
 
 
 def refusal(window: Window, caller_note: str = "") -> ProxyError:

@@ -20,16 +20,19 @@ from .local_windows import LocalWindow, LocalWindows, next_turn
 if TYPE_CHECKING:
     from .store import MemorySlots, MemoryUsage
 
-__all__ = ["Admission", "Engine", "LocalEngine", "Step", "moving_state",
+__all__ = ["Admission", "Engine", "LocalEngine", "Refund", "Step", "moving_state",
            "sliding_state"]
 
 
 @dataclass(slots=True)
 class Step:
-    """One budget to test (no side effect) or hit with `amount` of its integer units."""
+    """One budget to hit with `amount` of its integer units."""
 
     budget: Budget
     amount: int
+
+
+Refund = tuple[Window, int]  # a window as admission reported it, and the amount hit there
 
 
 @dataclass(slots=True)
@@ -40,21 +43,25 @@ class Admission:
     refused: Window | None = None  # the window that refused (its state, for the 429)
     slot: str | None = None  # the concurrency slot reserved
     slot_refused: tuple[int, float] | None = None  # (in flight, s until the oldest expires)
+    at: float = 0.0  # the clock its hits were counted at: what a refund names
 
 
 class Engine(Protocol):
-    """Evaluates a request's steps in order: tests, then a slot, then hits; stops at the
-    first refusal (and frees a slot it took). Raises the backing's errors when the store is
-    down, with nothing half-done in Redis (one script)."""
+    """Evaluates a request's budgets and slot as one atomic step, and settles it afterwards.
 
-    async def admit(self, caller: str, tests: list[Step], slot: tuple[str, int] | None,
-                    hits: list[Step]) -> Admission: ...
+    `admit` hits every window of every step, and takes the slot, only if all of them have
+    room: a refusal leaves nothing taken. `settle` refunds hits (a cost the upstream never
+    accepted: each window as `admit` reported it, the amount hit there, and `at` the
+    admission's clock), records usage, and renames the slot (to the second member) or
+    releases it (second member None). Both raise the backing's errors when the store is
+    down, with nothing half-done in Redis (one script each)."""
 
-    async def settle(self, caller: str, consume: list[Step], usage: tuple[int, float] | None,
-                     slot: tuple[str, str | None] | None) -> None:
-        """Charge `consume` (never refused), record usage, then rename the slot (to the
-        second member) or release it (second member None)."""
-        ...
+    async def admit(self, caller: str, hits: list[Step], slot: tuple[str, int] | None
+                    ) -> Admission: ...
+
+    async def settle(self, caller: str, refunds: list[Refund], at: float,
+                     usage: tuple[int, float] | None,
+                     slot: tuple[str, str | None] | None) -> None: ...
 
 
 def sliding_state(budget: Budget, index: int, prev: int, prev_ttl: float, cur: int,
@@ -88,8 +95,8 @@ def moving_state(budget: Budget, index: int, start: float, count: int, now: floa
 class LocalEngine:
     """Steps in order on this process's own windows, slots and usage (`memory://`).
 
-    Nothing here awaits: a check cannot interleave with another, so tests, hits and the
-    slot are atomic per request, as the Redis script makes them across processes.
+    Nothing here awaits: a check cannot interleave with another, so a request's hits and
+    slot are atomic, as the Redis script makes them across processes.
     """
 
     def __init__(self, windows: LocalWindows, slots: MemorySlots, usage: MemoryUsage, *,
@@ -103,62 +110,51 @@ class LocalEngine:
         return self._store.get((budget.name, budget.scope, caller if budget.per_caller else "*"),
                                budget.expiries, self._sliding_for[budget.scale > 1])
 
-    async def admit(self, caller: str, tests: list[Step], slot: tuple[str, int] | None,
-                    hits: list[Step]) -> Admission:
-        return self.admit_now(caller, tests, slot, hits)
+    async def admit(self, caller: str, hits: list[Step], slot: tuple[str, int] | None
+                    ) -> Admission:
+        return self.admit_now(caller, hits, slot)
 
-    async def settle(self, caller: str, consume: list[Step], usage: tuple[int, float] | None,
+    async def settle(self, caller: str, refunds: list[Refund], at: float,
+                     usage: tuple[int, float] | None,
                      slot: tuple[str, str | None] | None) -> None:
-        self.settle_now(caller, consume, usage, slot)
+        self.settle_now(caller, refunds, at, usage, slot)
 
-    def admit_now(self, caller: str, tests: list[Step], slot: tuple[str, int] | None,
-                  hits: list[Step]) -> Admission:
-        """`admit`, synchronously (the guard calls this one: no coroutine per request)."""
+    def admit_now(self, caller: str, hits: list[Step], slot: tuple[str, int] | None
+                  ) -> Admission:
+        """`admit`, synchronously (the guard calls this one: no coroutine per request).
+        Each window is hit as it is checked; a refusal takes the earlier hits back."""
         now = self._store.clock()
-        out = Admission()
-        for step in tests:
-            out.refused = self._check(caller, step, now, False, out.windows)
-            if out.refused is not None:
-                return out
+        out = Admission(at=now)
+        windows = out.windows
+        taken: list[tuple[LocalWindow, int]] = []
+        for step in hits:
+            budget, amount = step.budget, step.amount
+            items = budget.items
+            for index, window in enumerate(self._windows(budget, caller)):
+                item = items[index]
+                ok, remaining, reset = window.check(now, item.amount, amount, True)
+                state = Window(budget, item, remaining, reset, index, window.turn)
+                if not ok:
+                    out.refused = state
+                    _take_back(taken, now)
+                    return out
+                taken.append((window, amount))
+                windows.append(state)
         if slot is not None:
             ok, in_flight, expires = self._slots.take(caller, slot[0], slot[1])
             if not ok:
                 out.slot_refused = (in_flight, expires)
+                _take_back(taken, now)
                 return out
             out.slot = slot[0]
-        for step in hits:
-            out.refused = self._check(caller, step, now, True, out.windows)
-            if out.refused is not None:
-                if out.slot is not None:
-                    self._slots.drop(caller, out.slot)
-                    out.slot = None
-                return out
         return out
 
-    def _check(self, caller: str, step: Step, now: float, hit: bool, windows: list[Window]
-               ) -> Window | None:
-        """Test (or hit) each window of `step`'s budget in order, adding their states to
-        `windows`; the state of the window that refused, if one did."""
-        budget = step.budget
-        items = budget.items
-        for index, window in enumerate(self._windows(budget, caller)):
-            item = items[index]
-            ok, remaining, reset = window.check(now, item.amount, step.amount, hit)
-            state = Window(budget, item, remaining, reset, index)
-            if not ok:
-                return state
-            windows.append(state)
-        return None
-
-    def settle_now(self, caller: str, consume: list[Step], usage: tuple[int, float] | None,
+    def settle_now(self, caller: str, refunds: list[Refund], at: float,
+                   usage: tuple[int, float] | None,
                    slot: tuple[str, str | None] | None) -> None:
-        now = self._store.clock()
-        for step in consume:
-            budget = step.budget
-            items = budget.items
-            for index, window in enumerate(self._windows(budget, caller)):
-                # May refuse when concurrent requests overshot together (see guard.py).
-                window.check(now, items[index].amount, step.amount, True)
+        for state, amount in refunds:
+            window = self._windows(state.budget, caller)[state.index]
+            window.refund(state.turn, at, amount)
         if usage is not None:
             self._usage.add(caller, *usage)
         if slot is not None:
@@ -167,3 +163,8 @@ class LocalEngine:
                 self._slots.drop(caller, old)
             else:
                 self._slots.move(caller, old, new)
+
+
+def _take_back(taken: list[tuple[LocalWindow, int]], at: float) -> None:
+    for window, amount in taken:
+        window.refund(window.turn, at, amount)

@@ -1,16 +1,12 @@
 """The `charge` stage: every budget is checked before anything is sent upstream.
 
-Per billed request (submit, run, stream), in this order:
+Per billed request (submit, run, stream), in one atomic step (in memory, and in one Redis
+script): the cost quota and the global cost cap are hit with the request's cost, the submit
+rate with 1, and a concurrency slot is reserved; if any of them has no room, none is taken.
+So N concurrent requests against a limit of L let exactly L through, for cost as for rate.
 
-1. cost quota and global cost cap are *tested* with the request's cost (no side effect);
-2. a concurrency slot is reserved (atomic; released again if a later check refuses);
-3. the submit rate is *hit* (atomic per key, so N concurrent requests against a limit of L
-   let exactly L through, in memory and in Redis).
-
-The cost is *charged* only once the upstream accepted the request (a 2xx), in a settle hook,
-so an upstream refusal costs nothing. The price: requests that pass the cost test at the same
-moment can together overshoot the quota by at most the cost of the requests then in flight,
-which the concurrency budget caps per caller.
+A request the upstream does not accept (no 2xx) gets its cost refunded in a settle hook, so
+an upstream refusal costs nothing; its submit-rate hit stays (rate limits count attempts).
 
 Polling calls (status, result, cancel, uploads) hit their own bucket and release the caller's
 concurrency slot when they show the job ended: COMPLETED status, a result, a cancel, or the
@@ -33,7 +29,7 @@ from ..errors import ProxyError
 from ..target import Operation, Target
 from .budgets import Budget, make_budget, rate_limit_headers, refusal
 from .cost import CostFunction, parse_input, requested_images, resolve_cost_function
-from .engine import Admission, LocalEngine, Step
+from .engine import Admission, LocalEngine, Refund, Step
 from .settings import EndpointLimits, LimitsSettings
 from .store import Backing
 
@@ -72,9 +68,10 @@ class _Charge:
     caller: str
     cost: float
     data: Any  # the parsed input (its image count is read once it succeeded)
-    costs: list[Step]  # the cost budgets tested now, charged once upstream accepted
+    costs: list[Step]  # the cost budgets hit, refunded if the upstream does not accept it
     slot: str | None = None
     request_id: str | None = None
+    admitted: Admission | None = None  # where the hits went (what a refund names)
 
 
 class LimitsGuard:
@@ -156,41 +153,37 @@ class LimitsGuard:
                        ) -> Awaitable[None] | None:
         data = request.json if request.json is not None else parse_input(request.body)
         cost = float(policy.cost_function(data))
-        tests: list[Step] = []
-        charge = _Charge(caller, cost, data, tests)
+        costs: list[Step] = []
+        charge = _Charge(caller, cost, data, costs)
         if exempt:
-            self._billed(request, charge, None, 0)
+            self._billed(request, charge, None)
             return None
-        pending = 0
         for budget in (policy.cost, policy.global_cost):
             if budget is not None:
-                pending = budget.units(cost)
-                tests.append(Step(budget, pending))
+                costs.append(Step(budget, budget.units(cost)))
         slot = (f"pending:{self._slot_prefix}{next(self._slot_numbers)}",
                 policy.concurrency) if policy.concurrency > 0 else None
-        hits = [Step(policy.submit, 1)] if policy.submit is not None else []
-        if not (tests or slot or hits):
-            self._billed(request, charge, None, 0)
+        hits = [*costs, Step(policy.submit, 1)] if policy.submit is not None else costs
+        if not (hits or slot):
+            self._billed(request, charge, None)
             return None
         local = self._local
         if local is None:
-            return self._charge_billed_remote(request, charge, tests, slot, hits, pending)
-        self._billed(request, charge, self._judged(local.admit_now(caller, tests, slot, hits),
-                                                   slot), pending)
+            return self._charge_billed_remote(request, charge, hits, slot)
+        self._billed(request, charge, self._judged(local.admit_now(caller, hits, slot), slot))
         return None
 
     async def _charge_billed_remote(self, request: ProxyRequest, charge: _Charge,
-                                    tests: list[Step], slot: tuple[str, int] | None,
-                                    hits: list[Step], pending: int) -> None:
-        self._billed(request, charge, await self._admit(charge.caller, tests, slot, hits),
-                     pending)
+                                    hits: list[Step], slot: tuple[str, int] | None) -> None:
+        self._billed(request, charge, await self._admit(charge.caller, hits, slot))
 
-    def _billed(self, request: ProxyRequest, charge: _Charge, admitted: Admission | None,
-                pending: int) -> None:
+    def _billed(self, request: ProxyRequest, charge: _Charge, admitted: Admission | None
+                ) -> None:
         """An admitted billed request: headers, and what settles it."""
         if admitted is not None:
             charge.slot = admitted.slot
-            request.response_headers.extend(rate_limit_headers(admitted.windows, pending))
+            charge.admitted = admitted
+            request.response_headers.extend(rate_limit_headers(admitted.windows))
         request.notes["limits"] = charge
         request.settle_hooks.append(self._settle_billed)
         if charge.slot is not None and request.target.operation is Operation.SUBMIT:
@@ -205,7 +198,7 @@ class LimitsGuard:
             local = self._local
             if local is None:
                 return self._charge_polling_remote(request, caller, hits)
-            admitted = self._judged(local.admit_now(caller, [], None, hits), None)
+            admitted = self._judged(local.admit_now(caller, hits, None), None)
             request.response_headers.extend(rate_limit_headers(admitted.windows))
         if not exempt:
             self._follow_job(request, caller)
@@ -213,7 +206,7 @@ class LimitsGuard:
 
     async def _charge_polling_remote(self, request: ProxyRequest, caller: str,
                                      hits: list[Step]) -> None:
-        admitted = await self._admit(caller, [], None, hits)
+        admitted = await self._admit(caller, hits, None)
         if admitted is not None:
             request.response_headers.extend(rate_limit_headers(admitted.windows))
         self._follow_job(request, caller)
@@ -231,14 +224,14 @@ class LimitsGuard:
 
     # -- admission (guarded by each budget's fail mode) ------------------------------------
 
-    async def _admit(self, caller: str, tests: list[Step], slot: tuple[str, int] | None,
-                     hits: list[Step]) -> Admission | None:
+    async def _admit(self, caller: str, hits: list[Step], slot: tuple[str, int] | None
+                     ) -> Admission | None:
         """Every step in one call to a shared store's engine; None when the store is down and
         every budget involved fails open (let through, unlimited)."""
         try:
-            admitted = await self.backing.engine.admit(caller, tests, slot, hits)
+            admitted = await self.backing.engine.admit(caller, hits, slot)
         except self.backing.errors as exc:
-            self._unavailable(tests, slot, hits, exc)
+            self._unavailable(hits, slot, exc)
             return None
         return self._judged(admitted, slot)
 
@@ -262,14 +255,13 @@ class LimitsGuard:
             )
         return admitted
 
-    def _unavailable(self, tests: list[Step], slot: tuple[str, int] | None, hits: list[Step],
+    def _unavailable(self, hits: list[Step], slot: tuple[str, int] | None,
                      exc: BaseException) -> None:
         """The store failed: refuse (503) on the first budget that fails closed, in check
         order; otherwise log and let the request through."""
-        order = [(s.budget.name, s.budget.fail_open) for s in tests]
+        order = [(s.budget.name, s.budget.fail_open) for s in hits]
         if slot is not None:
             order.append(("concurrency", self.settings.fail_concurrency == "open"))
-        order += [(s.budget.name, s.budget.fail_open) for s in hits]
         closed = next((name for name, fail_open in order if not fail_open), None)
         _LOG.warning("limits store unavailable (%s budget, failing %s): %s",
                      closed or (order[0][0] if order else "no"), "closed" if closed else "open",
@@ -304,15 +296,17 @@ class LimitsGuard:
 
     def _settle_billed(self, request: ProxyRequest, outcome: Outcome) -> Awaitable[None] | None:
         charge: _Charge = request.notes["limits"]
-        consume: list[Step] = []
+        refunds: list[Refund] = []
         usage = None
+        admitted = charge.admitted
         if outcome.upstream_succeeded:
-            # May refuse when concurrent requests overshot together; see module docstring.
-            consume = charge.costs  # (none when exempt)
             images = requested_images(charge.data)
             self._on_usage(request, images, charge.cost)
             if self.settings.usage:
                 usage = (images, charge.cost)
+        elif admitted is not None and charge.costs:  # the cost was hit: take it back
+            refunds = [(window, step.amount) for step in charge.costs
+                       for window in admitted.windows if window.budget is step.budget]
         slot: tuple[str, str | None] | None = None
         if charge.slot is not None:
             queued = request.target.operation is Operation.SUBMIT and outcome.upstream_succeeded
@@ -320,18 +314,19 @@ class LimitsGuard:
                 slot = (charge.slot, None)
             elif charge.request_id:
                 slot = (charge.slot, f"job:{charge.request_id}")
-        if not consume and usage is None and slot is None:
+        if not refunds and usage is None and slot is None:
             return None
+        at = admitted.at if admitted is not None else 0.0
         if self._local is not None:
-            self._local.settle_now(charge.caller, consume, usage, slot)
+            self._local.settle_now(charge.caller, refunds, at, usage, slot)
             return None
-        return self._settle_remote(charge.caller, consume, usage, slot)
+        return self._settle_remote(charge.caller, refunds, at, usage, slot)
 
-    async def _settle_remote(self, caller: str, consume: list[Step],
+    async def _settle_remote(self, caller: str, refunds: list[Refund], at: float,
                              usage: tuple[int, float] | None,
                              slot: tuple[str, str | None] | None) -> None:
         try:
-            await self.backing.engine.settle(caller, consume, usage, slot)
+            await self.backing.engine.settle(caller, refunds, at, usage, slot)
         except self.backing.errors as exc:
             _LOG.warning("limits store unavailable while settling a request: %s", exc)
 

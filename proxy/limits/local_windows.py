@@ -72,6 +72,20 @@ class SlidingCounter:
             reset = min(reset, next_turn(left + expiry, expiry))
         return ok, remaining, max(0.0, reset)
 
+    @property
+    def turn(self) -> int:
+        """Which fixed window a hit now goes into (what a refund names)."""
+        return self.number
+
+    def refund(self, turn: int, at: float, amount: int) -> None:
+        """Take back a hit of `amount` made in fixed window `turn`, from the count that now
+        holds it (none once that window has left the sliding one)."""
+        number = turn
+        if number == self.number:
+            self.current = max(0, self.current - amount)
+        elif number == self.number - 1:
+            self.previous = max(0, self.previous - amount)
+
     def idle(self, now: float) -> bool:
         return int(now / self.expiry) > self.number + 1  # both counts have left the window
 
@@ -102,6 +116,16 @@ class MovingLog:
         expiry = self.expiry
         start = self.entries[0][0] if self.entries else now
         return ok, max(0, limit - self.count), min(float(expiry), max(0.0, start + expiry - now))
+
+    turn = 0  # hits are named by their time
+
+    def refund(self, turn: int, at: float, amount: int) -> None:
+        """Take back the hit of `amount` made at `at`, if it is still inside the window."""
+        try:
+            self.entries.remove((at, amount))
+        except ValueError:  # trimmed already
+            return
+        self.count -= amount
 
     def idle(self, now: float) -> bool:
         self._trim(now)

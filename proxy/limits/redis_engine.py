@@ -2,8 +2,9 @@
 
 Why: one redis-py command costs 55-100 µs of CPU here, and through `limits`' strategies a
 submit needed nine (tests, slot, hit, stats, then the charges, usage and slot rename) and a
-status poll two. Here admission is one EVALSHA (tests, slot, hits and every window's state
-for the headers, atomically) and settlement another (charges, usage, slot rename).
+status poll two. Here admission is one EVALSHA (every window checked, the slot, then every
+window hit and its state for the headers, atomically) and settlement another (refunds,
+usage, slot rename).
 
 The calls of one event-loop turn go out as one EVALSHA (`_Lane`), on a connection of their own
 that speaks RESP directly (`resp.RedisLink`), and the admission script returns each window's
@@ -29,7 +30,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from .batching import fail_all, settle_all
 from .budgets import Budget, Window
-from .engine import Admission, Step
+from .engine import Admission, Refund, Step
 from .resp import RedisLink, bulk, pack
 from .store import today
 
@@ -38,6 +39,10 @@ __all__ = ["RedisEngine"]
 # Shared by both scripts. Sliding windows: TTLs in ms; moving windows: client timestamps.
 _WINDOWS = """
 local now, now_text = 0, ''  -- the request's client clock, set per request by the driver
+local function server_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local function sliding(cur, prev, expiry)
   local ttl = tonumber(redis.call('pttl', cur))
   if ttl > 0 and ttl < expiry then  -- the current window ended: it becomes the previous one
@@ -151,104 +156,122 @@ end
 # One admission. KEYS: each window's keys (sliding: current, previous; moving: one), then
 #       the slot key (only when a slot is wanted).
 # ARGV: one string, "now member slot_limit slot_expiry windows" (member '' for no slot;
-#       windows: "op kind limit expiry amount;" each, op t: test, h: hit; kind s: sliding,
-#       m: moving; expiry in s).
-# The slot is taken before the first hit. Returns "code in_flight wait" and, per window
-# looked at, " remaining reset" (_STATES; the reset printed exactly): code 0 admitted,
-# 1 refused by the last window listed, 2 no concurrency slot.
+#       windows: "kind limit expiry amount;" each, kind s: sliding, m: moving; expiry in s).
+# Every window is checked first, then the slot taken, then every window hit: all or nothing.
+# Returns "code in_flight wait" and, per window looked at, " remaining reset turn" (_STATES,
+# after the hit; the reset printed exactly; turn: for a sliding window, when the fixed window
+# that took the hit began, in the server's ms, which a refund compares): code 0 admitted,
+# 1 refused by the last window listed (its state before), 2 no concurrency slot.
 _ADMIT = _WINDOWS + _STATES + """
 local function one(KEYS, ARGV)  -- one request's admission (KEYS, ARGV: its own slices)
 local member, slot_limit, slot_expiry, spec
 now_text, member, slot_limit, slot_expiry, spec =
   string.match(ARGV[1], '^(%S+) (%S*) (%d+) (%S+) (.*)$')
 now, slot_limit, slot_expiry = tonumber(now_text), tonumber(slot_limit), tonumber(slot_expiry)
-local want_slot = member ~= ''
-local slot_key = want_slot and KEYS[#KEYS] or nil
 local out = {0, 0, '0'}
-local function take_slot()
-  want_slot = false
+local windows = {}
+local k = 1
+for kind, limit, expiry, amount in string.gmatch(spec, '(%a) (%d+) (%d+) (%d+);') do
+  limit, expiry, amount = tonumber(limit), tonumber(expiry), tonumber(amount)
+  local ok, s, remaining, reset
+  if kind == 's' then
+    s = sliding(KEYS[k], KEYS[k + 1], expiry * 1000)
+    ok = limit - math.floor(s[1] * s[2] / (expiry * 1000) + s[3]) >= amount
+  else
+    s = moving(KEYS[k], limit, expiry)
+    ok = limit - s[1] >= amount
+  end
+  windows[#windows + 1] = {kind, k, limit, expiry, amount}
+  k = k + (kind == 's' and 2 or 1)
+  if not ok then
+    if kind == 's' then
+      remaining, reset = sliding_state(s, limit, expiry)
+    else
+      remaining, reset = moving_state(s, limit, expiry)
+    end
+    for _ = 1, #windows - 1 do  -- the windows before it had room: their states are unused
+      out[#out + 1] = '0 0 0'
+    end
+    out[#out + 1] = string.format('%d', remaining)
+    out[#out + 1] = string.format('%.17g', reset)
+    out[#out + 1] = '0'
+    out[1] = 1
+    return table.concat(out, ' ')
+  end
+end
+if member ~= '' then
+  local slot_key = KEYS[#KEYS]
   local t = redis.call('TIME')
   local clock = tonumber(t[1]) + tonumber(t[2]) / 1e6
   redis.call('ZREMRANGEBYSCORE', slot_key, '-inf', clock)
   local n = redis.call('ZCARD', slot_key)
-  local limit = slot_limit
-  if limit > 0 and n >= limit then
+  if slot_limit > 0 and n >= slot_limit then
     local first = redis.call('ZRANGE', slot_key, 0, 0, 'WITHSCORES')
     return '2 ' .. n .. ' ' .. tostring(tonumber(first[2]) - clock)
   end
   redis.call('ZADD', slot_key, clock + slot_expiry, member)
   redis.call('EXPIRE', slot_key, math.ceil(slot_expiry) + 1)
   out[2] = 1
-  return nil
 end
-local k = 1
-for op, kind, limit, expiry, amount in string.gmatch(spec, '(%a) (%a) (%d+) (%d+) (%d+);') do
-  limit, expiry, amount = tonumber(limit), tonumber(expiry), tonumber(amount)
-  if op == 'h' and want_slot then
-    local refused = take_slot()
-    if refused then return refused end
-  end
-  local ok, s
+local clock = nil
+for _, w in ipairs(windows) do
+  local kind, at, limit, expiry, amount = w[1], w[2], w[3], w[4], w[5]
+  local remaining, reset, turn
   if kind == 's' then
-    if op == 'h' then
-      ok, s = sliding_hit(KEYS[k], KEYS[k + 1], limit, expiry * 1000, amount)
-    else
-      s = sliding(KEYS[k], KEYS[k + 1], expiry * 1000)
-      ok = limit - math.floor(s[1] * s[2] / (expiry * 1000) + s[3]) >= amount
-    end
-    k = k + 2
-  else
-    if op == 'h' then
-      ok, s = moving_hit(KEYS[k], limit, expiry, amount)
-    else
-      s = moving(KEYS[k], limit, expiry)
-      ok = limit - s[1] >= amount
-    end
-    k = k + 1
-  end
-  local remaining, reset
-  if kind == 's' then
+    local _, s = sliding_hit(KEYS[at], KEYS[at + 1], limit, expiry * 1000, amount)
     remaining, reset = sliding_state(s, limit, expiry)
+    clock = clock or server_ms()
+    turn = clock - (2 * expiry * 1000 - s[4])
   else
+    local _, s = moving_hit(KEYS[at], limit, expiry, amount)
     remaining, reset = moving_state(s, limit, expiry)
+    turn = 0
   end
   out[#out + 1] = string.format('%d', remaining)
   out[#out + 1] = string.format('%.17g', reset)
-  if not ok then
-    if out[2] == 1 then redis.call('ZREM', slot_key, member) end
-    out[1] = 1
-    out[2] = 0
-    return table.concat(out, ' ')
-  end
-end
-if want_slot then
-  local refused = take_slot()
-  if refused then return refused end
+  out[#out + 1] = string.format('%d', turn)
 end
 return table.concat(out, ' ')
 end
 """ + _MANY
 
-# One settlement. KEYS: each window's keys, then the usage hash, the day's caller set, the
-#       slot key.
-# ARGV: "now usage? images cost usage_ttl slot_op slot_expiry windows" (usage? 1/0; slot
-#       op '', r: rename or d: delete; windows: "kind limit expiry amount;" each), then the
-#       caller, the old and the new member. Charges may be refused (concurrent overshoot):
-#       that is ignored.
+# One settlement. KEYS: each refunded window's keys, then the usage hash, the day's caller
+#       set, the slot key.
+# ARGV: "now at usage? images cost usage_ttl slot_op slot_expiry windows" (at: the clock of
+#       the admission whose hits are refunded, as it was sent; usage? 1/0; slot op '',
+#       r: rename or d: delete; windows: "kind expiry amount turn;" each), then the caller,
+#       the old and the new member.
+# A refund takes a hit back from the count that holds it now. Sliding: `limits`' keys turn
+# by TTL, each on a grid of its own; the admission reported when the fixed window that took
+# the hit began (turn), and if the current one began then, the current count holds it, if
+# one window later, the previous count, else nobody (half a window of slack against clock
+# rounding). Moving: `amount` of the entries stamped with the admission's clock.
 _SETTLE = _WINDOWS + """
+local function unhit(key, amount)
+  local left = tonumber(redis.call('get', key)) or 0
+  if left > 0 then redis.call('decrby', key, math.min(left, amount)) end
+end
 local function one(KEYS, ARGV)  -- one request's settlement
-local usage, images, cost, ttl, op, slot_expiry, spec
-now_text, usage, images, cost, ttl, op, slot_expiry, spec =
-  string.match(ARGV[1], '^(%S+) (%d) (%d+) (%S+) (%d+) (%a?) (%S+) (.*)$')
+local at_text, usage, images, cost, ttl, op, slot_expiry, spec
+now_text, at_text, usage, images, cost, ttl, op, slot_expiry, spec =
+  string.match(ARGV[1], '^(%S+) (%S+) (%d) (%d+) (%S+) (%d+) (%a?) (%S+) (.*)$')
 now = tonumber(now_text)
 local k = 1
-for kind, limit, expiry, amount in string.gmatch(spec, '(%a) (%d+) (%d+) (%d+);') do
-  limit, expiry, amount = tonumber(limit), tonumber(expiry), tonumber(amount)
+for kind, expiry, amount, turn in string.gmatch(spec, '(%a) (%d+) (%d+) (%-?%d+);') do
+  expiry, amount, turn = tonumber(expiry) * 1000, tonumber(amount), tonumber(turn)
   if kind == 's' then
-    sliding_hit(KEYS[k], KEYS[k + 1], limit, expiry * 1000, amount)
+    local s = sliding(KEYS[k], KEYS[k + 1], expiry)
+    if s[4] > 0 then  -- no current count: the hit's window is gone
+      local apart = server_ms() - (2 * expiry - s[4]) - turn  -- current window's start - turn
+      if math.abs(apart) < expiry / 2 then
+        unhit(KEYS[k], amount)
+      elseif math.abs(apart - expiry) < expiry / 2 then
+        unhit(KEYS[k + 1], amount)
+      end
+    end
     k = k + 2
   else
-    moving_hit(KEYS[k], limit, expiry, amount)
+    redis.call('lrem', KEYS[k], amount, at_text)
     k = k + 1
   end
 end
@@ -275,6 +298,7 @@ end
 
 
 _Request = tuple[bytes, int, bytes, int, "asyncio.Future[bytes]"]  # keys, n, args, n, caller
+_Keys = tuple[bytes, int, list[str]]  # see RedisEngine._windows
 
 
 class _Lane:
@@ -378,11 +402,11 @@ class RedisEngine:
         self._sliding_for = {False: sliding, True: cost_sliding}  # by "is a cost budget"
         self._keys = KeyCache()
         # Per caller, built once: packed window keys and specs, the slot key, settle's keys.
-        self._store_keys: dict[tuple[int, str], tuple[bytes, int, list[str]]] = {}
+        self._store_keys: dict[tuple[int, str], _Keys] = {}
         self._slot_keys: dict[str, bytes] = {}
         self._settle_keys: dict[tuple[str, str], bytes] = {}
 
-    def _windows(self, budget: Budget, caller: str) -> tuple[bytes, int, list[str]]:
+    def _windows(self, budget: Budget, caller: str) -> _Keys:
         """Redis keys (packed), how many, and each window's "kind limit expiry"."""
         cache_key = (id(budget), caller)
         found = self._store_keys.get(cache_key)
@@ -394,14 +418,16 @@ class RedisEngine:
         keys: list[bytes] = []
         specs: list[str] = []
         for item, key in zip(budget.items, self._keys(budget, caller), strict=True):
-            if sliding:  # limits' layout: "{key}" and "{key}/-1", one cluster slot
-                current = f"{self._limits_prefix}{{{key}}}"
-                keys += [current.encode(), f"{current}/-1".encode()]
-            else:
-                keys.append(f"{self._limits_prefix}{key}".encode())
+            keys += self._redis_keys(key, sliding)
             specs.append(f"{'s' if sliding else 'm'} {item.amount} {item.get_expiry()}")
         found = self._store_keys[cache_key] = (b"".join(map(bulk, keys)), len(keys), specs)
         return found
+
+    def _redis_keys(self, key: str, sliding: bool) -> list[bytes]:
+        if sliding:  # limits' layout: "{key}" and "{key}/-1", one cluster slot
+            current = f"{self._limits_prefix}{{{key}}}"
+            return [current.encode(), f"{current}/-1".encode()]
+        return [f"{self._limits_prefix}{key}".encode()]
 
     def _slot_key(self, caller: str) -> bytes:
         found = self._slot_keys.get(caller)
@@ -411,29 +437,28 @@ class RedisEngine:
             found = self._slot_keys[caller] = bulk((self._slots + caller).encode())
         return found
 
-    async def admit(self, caller: str, tests: list[Step], slot: tuple[str, int] | None,
-                    hits: list[Step]) -> Admission:
-        now = time.time()
+    async def admit(self, caller: str, hits: list[Step], slot: tuple[str, int] | None
+                    ) -> Admission:
+        now = f"{time.time()!r}"
         keys: list[bytes] = []
         key_count = 0
         spec: list[str] = []
         order: list[tuple[Budget, int]] = []
-        for op, steps in (("t ", tests), ("h ", hits)):
-            for step in steps:
-                packed, count, specs = self._windows(step.budget, caller)
-                keys.append(packed)
-                key_count += count
-                tail = f" {step.amount};"
-                for index, window in enumerate(specs):
-                    spec += (op, window, tail)
-                    order.append((step.budget, index))
+        for step in hits:
+            packed, count, specs = self._windows(step.budget, caller)
+            keys.append(packed)
+            key_count += count
+            tail = f" {step.amount};"
+            for index, window in enumerate(specs):
+                spec += (window, tail)
+                order.append((step.budget, index))
         member, limit = slot if slot is not None else ("", 0)
         if slot is not None:
             keys.append(self._slot_key(caller))
             key_count += 1
         args = _bulk_pair(
             b"%d 1" % key_count,
-            f"{now!r} {member} {limit} {self._slot_expiry} {''.join(spec)}".encode())
+            f"{now} {member} {limit} {self._slot_expiry} {''.join(spec)}".encode())
         reply = await self._admit(b"".join(keys), key_count, args, 2)
         fields = reply.split()
         code = int(fields[0])
@@ -441,14 +466,16 @@ class RedisEngine:
             return Admission(slot_refused=(int(fields[1]), float(fields[2])))
         # a refusal stops the script early: fewer windows than asked for
         windows = [Window(budget, budget.items[index], int(fields[at]), float(fields[at + 1]),
-                          index)
-                   for at, (budget, index) in zip(range(3, len(fields), 2), order, strict=False)]
-        out = Admission(windows, slot=member if slot is not None and fields[1] == b"1" else None)
+                          index, int(fields[at + 2]))
+                   for at, (budget, index) in zip(range(3, len(fields), 3), order, strict=False)]
+        out = Admission(windows, slot=member if slot is not None and fields[1] == b"1" else None,
+                        at=float(now))
         if code == 1:
             out.refused = windows.pop()
         return out
 
-    async def settle(self, caller: str, consume: list[Step], usage: tuple[int, float] | None,
+    async def settle(self, caller: str, refunds: list[Refund], at: float,
+                     usage: tuple[int, float] | None,
                      slot: tuple[str, str | None] | None) -> None:
         day = today()
         old, new = slot if slot is not None else ("", None)
@@ -457,11 +484,14 @@ class RedisEngine:
         keys: list[bytes] = []
         key_count = 3
         spec: list[str] = []
-        for step in consume:
-            packed, count, specs = self._windows(step.budget, caller)
-            keys.append(packed)
-            key_count += count
-            spec += (f"{window} {step.amount};" for window in specs)
+        for window, amount in refunds:  # rare (the upstream refused): nothing cached
+            budget = window.budget
+            sliding = self._sliding_for[budget.scale > 1]
+            window_keys = self._redis_keys(self._keys(budget, caller)[window.index], sliding)
+            keys += map(bulk, window_keys)
+            key_count += len(window_keys)
+            spec.append(f"{'s' if sliding else 'm'} {window.item.get_expiry()} {amount} "
+                        f"{window.turn};")
         tail = self._settle_keys.get((caller, day))
         if tail is None:
             if len(self._settle_keys) >= 65536:
@@ -472,7 +502,7 @@ class RedisEngine:
         keys.append(tail)
         args = b"".join((
             _bulk_pair(b"%d 4" % key_count,
-                       f"{time.time()!r} {1 if usage else 0} {images} {cost!r} "
+                       f"{time.time()!r} {at!r} {1 if usage else 0} {images} {cost!r} "
                        f"{self._usage_ttl} {op} {self._slot_expiry} {''.join(spec)}".encode()),
             _bulk_pair(caller.encode(), old.encode()), bulk((new or "").encode())))
         await self._settle(b"".join(keys), key_count, args, 5)
