@@ -18,7 +18,7 @@ import trustme
 from redis.asyncio import Redis
 
 from proxy.limits.budgets import Budget, make_budget
-from proxy.limits.engine import Step, moving_state, sliding_state
+from proxy.limits.engine import moving_state, sliding_state
 from proxy.limits.redis_engine import _STATES
 from proxy.limits.store import Backing, open_backing, today
 from proxy.settings import settings_from_dict
@@ -45,7 +45,7 @@ async def _backing(url: str, **limits: Any) -> AsyncIterator[Backing]:
 
 async def _hit(backing: Backing, caller: str = "user:a") -> bool:
     """One submit hit; True when admitted."""
-    admitted = await backing.engine.admit(caller, [Step(_submit(), 1)], None)
+    admitted = await backing.engine.admit(caller, [(_submit(), 1)], None)
     return admitted.refused is None
 
 

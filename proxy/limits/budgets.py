@@ -17,6 +17,7 @@ from ..errors import ProxyError
 __all__ = ["COST_SCALE", "Budget", "Window", "make_budget", "rate_limit_headers", "refusal"]
 
 COST_SCALE = 100
+_ceil = math.ceil
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +34,6 @@ class Budget:
     labels: tuple[str, ...] = ()
     policies: tuple[str, ...] = ()
     expiries: tuple[int, ...] = ()  # per item: its window in seconds
-    policy_header: bytes = b""  # `RateLimit-Policy` for all its windows (a poll's answer)
 
     def key(self, caller: str) -> tuple[str, ...]:
         return (self.name, self.scope, caller if self.per_caller else "*")
@@ -81,22 +81,23 @@ def make_budget(name: str, spec: str, scope: str, *, cost: bool, fail_open: bool
     policies = tuple(f'"{label}";q={item.amount // scale};w={item.get_expiry()}'
                      for label, item in zip(labels, items, strict=True))
     return Budget(name, items, scope, scale, fail_open, per_caller, labels, policies,
-                  tuple(item.get_expiry() for item in items), ", ".join(policies).encode())
+                  tuple(item.get_expiry() for item in items))
 
 
 def rate_limit_headers(windows: list[Window]) -> list[tuple[bytes, bytes]]:
     """`RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers), one item
-    per window."""
+    per window. (One loop, no comprehensions: this runs for every limited request.)"""
     if not windows:
         return []
-    first = windows[0].budget
-    if len(windows) == len(first.items) and all(w.budget is first for w in windows):
-        policy = first.policy_header  # one budget's windows, in order (every poll)
-    else:
-        policy = ", ".join(w.budget.policies[w.index] for w in windows).encode()
-    states = [f'"{w.budget.labels[w.index]}";r={w.remaining // w.budget.scale};'
-              f't={math.ceil(w.reset)}' for w in windows]
-    return [(b"ratelimit-policy", policy), (b"ratelimit", ", ".join(states).encode())]
+    policies: list[str] = []
+    states: list[str] = []
+    for window in windows:
+        budget, index = window.budget, window.index
+        policies.append(budget.policies[index])
+        states.append(f'"{budget.labels[index]}";r={window.remaining // budget.scale};'
+                      f't={_ceil(window.reset)}')
+    return [(b"ratelimit-policy", ", ".join(policies).encode()),
+            (b"ratelimit", ", ".join(states).encode())]
 
 
 def refusal(window: Window, caller_note: str = "") -> ProxyError:

@@ -23,6 +23,7 @@ CostFunction = Callable[[Any], float]
 DEFAULT_SIZE = DEFAULT_IMAGE_SIZE
 DEFAULT_STEPS = 28
 _MEGAPIXEL = 1024 * 1024
+_MEGAPIXELS = {name: width * height / _MEGAPIXEL for name, (width, height) in IMAGE_SIZES.items()}
 
 
 def _invalid(field: str, msg: str, value: Any) -> ProxyError:
@@ -58,9 +59,19 @@ def flux_cost(data: Any) -> float:
     """num_images x megapixels x steps / 28 (defaults: 1 image, landscape_4_3, 28 steps)."""
     if not isinstance(data, dict):
         return 1.0  # not an input object: the upstream refuses it (and refusals are free)
-    images = _positive_int(data, "num_images", 1)
-    steps = _positive_int(data, "num_inference_steps", DEFAULT_STEPS)
-    return images * (_pixels(data) / _MEGAPIXEL) * (steps / DEFAULT_STEPS)
+    # Runs for every billed request: plain values are read inline; anything else (absent
+    # sizes, None, malformed values) goes through the checks that explain a refusal.
+    images = data.get("num_images", 1)
+    if type(images) is not int or images < 1:
+        images = _positive_int(data, "num_images", 1)
+    steps = data.get("num_inference_steps", DEFAULT_STEPS)
+    if type(steps) is not int or steps < 1:
+        steps = _positive_int(data, "num_inference_steps", DEFAULT_STEPS)
+    size = data.get("image_size", DEFAULT_SIZE)
+    megapixels = _MEGAPIXELS.get(size) if type(size) is str else None
+    if megapixels is None:
+        megapixels = _pixels(data) / _MEGAPIXEL
+    return images * megapixels * (steps / DEFAULT_STEPS)
 
 
 def images_cost(data: Any) -> float:

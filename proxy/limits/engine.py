@@ -15,21 +15,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from .budgets import Budget, Window
-from .local_windows import LocalWindow, LocalWindows, next_turn
+from .local_windows import LocalWindow, LocalWindows
 
 if TYPE_CHECKING:
     from .store import MemorySlots, MemoryUsage
 
-__all__ = ["Admission", "Engine", "LocalEngine", "Refund", "Step", "moving_state",
+__all__ = ["Admission", "Engine", "LocalEngine", "Refund", "Step", "moving_state", "next_turn",
            "sliding_state"]
 
 
-@dataclass(slots=True)
-class Step:
-    """One budget to hit with `amount` of its integer units."""
-
-    budget: Budget
-    amount: int
+Step = tuple[Budget, int]  # a budget to hit, and with how many of its integer units
 
 
 Refund = tuple[Window, int]  # a window as admission reported it, and the amount hit there
@@ -62,6 +57,13 @@ class Engine(Protocol):
     async def settle(self, caller: str, refunds: list[Refund], at: float,
                      usage: tuple[int, float] | None,
                      slot: tuple[str, str | None] | None) -> None: ...
+
+
+def next_turn(ttl: float, period: float) -> float:
+    """`ttl % period`, except that a TTL of exactly whole periods is a full period away (Redis
+    freezes time inside a script, so a counter set there reads back 2 x expiry exactly)."""
+    left = ttl % period
+    return period if left == 0 and ttl > 0 else left
 
 
 def sliding_state(budget: Budget, index: int, prev: int, prev_ttl: float, cur: int,
@@ -107,8 +109,11 @@ class LocalEngine:
         self._sliding_for = {False: sliding, True: cost_sliding}  # by "is a cost budget"
 
     def _windows(self, budget: Budget, caller: str) -> tuple[LocalWindow, ...]:
-        return self._store.get((budget.name, budget.scope, caller if budget.per_caller else "*"),
-                               budget.expiries, self._sliding_for[budget.scale > 1])
+        key = (budget.name, budget.scope, caller if budget.per_caller else "*")
+        found = self._store.windows.get(key)  # (LocalWindows.get, for the windows known)
+        if found is None:
+            found = self._store.get(key, budget.expiries, self._sliding_for[budget.scale > 1])
+        return found
 
     async def admit(self, caller: str, hits: list[Step], slot: tuple[str, int] | None
                     ) -> Admission:
@@ -124,19 +129,23 @@ class LocalEngine:
         """`admit`, synchronously (the guard calls this one: no coroutine per request).
         Each window is hit as it is checked; a refusal takes the earlier hits back."""
         now = self._store.clock()
-        out = Admission(at=now)
-        windows = out.windows
+        windows: list[Window] = []
+        out = Admission(windows, at=now)
         taken: list[tuple[LocalWindow, int]] = []
-        for step in hits:
-            budget, amount = step.budget, step.amount
+        known = self._store.windows
+        for budget, amount in hits:
             items = budget.items
-            for index, window in enumerate(self._windows(budget, caller)):
+            found = known.get((budget.name, budget.scope, caller if budget.per_caller else "*"))
+            if found is None:
+                found = self._windows(budget, caller)
+            for index, window in enumerate(found):
                 item = items[index]
                 ok, remaining, reset = window.check(now, item.amount, amount, True)
                 state = Window(budget, item, remaining, reset, index, window.turn)
                 if not ok:
                     out.refused = state
-                    _take_back(taken, now)
+                    for earlier, hit in taken:
+                        earlier.refund(earlier.turn, now, hit)
                     return out
                 taken.append((window, amount))
                 windows.append(state)
@@ -144,7 +153,8 @@ class LocalEngine:
             ok, in_flight, expires = self._slots.take(caller, slot[0], slot[1])
             if not ok:
                 out.slot_refused = (in_flight, expires)
-                _take_back(taken, now)
+                for window, hit in taken:
+                    window.refund(window.turn, now, hit)
                 return out
             out.slot = slot[0]
         return out
@@ -164,7 +174,3 @@ class LocalEngine:
             else:
                 self._slots.move(caller, old, new)
 
-
-def _take_back(taken: list[tuple[LocalWindow, int]], at: float) -> None:
-    for window, amount in taken:
-        window.refund(window.turn, at, amount)

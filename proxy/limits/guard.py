@@ -61,6 +61,7 @@ class Policy:
     concurrency: int
     cost_function: CostFunction
     polling_hits: list[Step]  # what a polling call hits: built once, never changed
+    cost_budgets: tuple[Budget, ...]  # cost and global, those on (both count COST_SCALE)
 
 
 @dataclass(slots=True)
@@ -112,15 +113,18 @@ class LimitsGuard:
             return make_budget(name, spec, scope, cost=cost, fail_open=fail == "open")
 
         polling = budget("polling", override.polling, s.polling, s.fail_polling)
+        cost = budget("cost", override.cost, s.cost, s.fail_cost, cost=True)
+        global_cost = make_budget("global", s.global_cost, "*", cost=True,
+                                  fail_open=s.fail_global == "open", per_caller=False)
         return Policy(
             submit=budget("submit", override.submit, s.submit, s.fail_submit),
-            cost=budget("cost", override.cost, s.cost, s.fail_cost, cost=True),
+            cost=cost,
             polling=polling,
-            global_cost=make_budget("global", s.global_cost, "*", cost=True,
-                                    fail_open=s.fail_global == "open", per_caller=False),
+            global_cost=global_cost,
             concurrency=s.concurrency if override.concurrency is None else override.concurrency,
             cost_function=resolve_cost_function(override.cost_function or s.cost_function),
-            polling_hits=[Step(polling, 1)] if polling is not None else [],
+            polling_hits=[(polling, 1)] if polling is not None else [],
+            cost_budgets=tuple(b for b in (cost, global_cost) if b is not None),
         )
 
     def policy_for(self, target: Target) -> Policy:
@@ -144,7 +148,7 @@ class LimitsGuard:
             caller_id = f"ip:{caller.address}"
         exempt = caller is not None and (
             caller.id in self._exempt_ids or caller.kind in self._exempt_kinds)
-        policy = self.policy_for(request.target)
+        policy = self.policy_for(request.target) if self._endpoints else self._default
         if request.target.operation in BILLED:
             return self._charge_billed(request, caller_id, policy, exempt)
         return self._charge_polling(request, caller_id, policy, exempt)
@@ -158,19 +162,24 @@ class LimitsGuard:
         if exempt:
             self._billed(request, charge, None)
             return None
-        for budget in (policy.cost, policy.global_cost):
-            if budget is not None:
-                costs.append(Step(budget, budget.units(cost)))
+        cost_budgets = policy.cost_budgets
+        if cost_budgets:
+            units = cost_budgets[0].units(cost)  # the same for all: they count COST_SCALE
+            for budget in cost_budgets:
+                costs.append((budget, units))
         slot = (f"pending:{self._slot_prefix}{next(self._slot_numbers)}",
                 policy.concurrency) if policy.concurrency > 0 else None
-        hits = [*costs, Step(policy.submit, 1)] if policy.submit is not None else costs
+        hits = [*costs, (policy.submit, 1)] if policy.submit is not None else costs
         if not (hits or slot):
             self._billed(request, charge, None)
             return None
         local = self._local
         if local is None:
             return self._charge_billed_remote(request, charge, hits, slot)
-        self._billed(request, charge, self._judged(local.admit_now(caller, hits, slot), slot))
+        admitted = local.admit_now(caller, hits, slot)
+        if admitted.refused is not None or admitted.slot_refused is not None:
+            self._judged(admitted, slot)  # raises the refusal
+        self._billed(request, charge, admitted)
         return None
 
     async def _charge_billed_remote(self, request: ProxyRequest, charge: _Charge,
@@ -259,7 +268,7 @@ class LimitsGuard:
                      exc: BaseException) -> None:
         """The store failed: refuse (503) on the first budget that fails closed, in check
         order; otherwise log and let the request through."""
-        order = [(s.budget.name, s.budget.fail_open) for s in hits]
+        order = [(budget.name, budget.fail_open) for budget, _ in hits]
         if slot is not None:
             order.append(("concurrency", self.settings.fail_concurrency == "open"))
         closed = next((name for name, fail_open in order if not fail_open), None)
@@ -305,8 +314,8 @@ class LimitsGuard:
             if self.settings.usage:
                 usage = (images, charge.cost)
         elif admitted is not None and charge.costs:  # the cost was hit: take it back
-            refunds = [(window, step.amount) for step in charge.costs
-                       for window in admitted.windows if window.budget is step.budget]
+            refunds = [(window, amount) for budget, amount in charge.costs
+                       for window in admitted.windows if window.budget is budget]
         slot: tuple[str, str | None] | None = None
         if charge.slot is not None:
             queued = request.target.operation is Operation.SUBMIT and outcome.upstream_succeeded

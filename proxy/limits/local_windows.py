@@ -20,29 +20,21 @@ Windows nobody touched for a whole period are dropped by a sweep that runs at mo
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from collections.abc import Callable
 
-__all__ = ["LocalWindow", "LocalWindows", "MovingLog", "SlidingCounter", "next_turn"]
-
-
-def next_turn(ttl: float, period: float) -> float:
-    """`ttl % period`, except that a TTL of exactly whole periods is a full period away (Redis
-    freezes time inside a script, so a counter set there reads back 2 x expiry exactly)."""
-    left = ttl % period
-    return period if left == 0 and ttl > 0 else left
+__all__ = ["LocalWindow", "LocalWindows", "MovingLog", "SlidingCounter"]
 
 
 class SlidingCounter:
     """`limits`' sliding-window counter for one key."""
 
-    __slots__ = ("current", "expiry", "number", "previous")
+    __slots__ = ("current", "expiry", "previous", "turn")
 
     def __init__(self, expiry: int) -> None:
         self.expiry = expiry
-        self.number = -2  # which fixed window `current` counts (now // expiry)
+        self.turn = -2  # which fixed window `current` counts (now // expiry); refunds name it
         self.current = 0
         self.previous = 0
 
@@ -52,42 +44,39 @@ class SlidingCounter:
         a test reports the state before, a hit the state after)."""
         expiry = self.expiry
         position = now / expiry
-        number = int(position)
-        if number != self.number:  # a new fixed window: the current count becomes previous
-            self.previous = self.current if number == self.number + 1 else 0
+        turn = int(position)
+        if turn != self.turn:  # a new fixed window: the current count becomes previous
+            self.previous = self.current if turn == self.turn + 1 else 0
             self.current = 0
-            self.number = number
+            self.turn = turn
         left = (1 - position % 1) * expiry  # TTL of the previous count; the current's + expiry
         previous = self.previous
-        weighted = math.floor(previous * left / expiry + self.current)
-        ok = amount <= limit and weighted + amount <= limit
-        if ok and hit:
-            self.current += amount
         current = self.current
-        remaining = max(0, limit - math.floor(previous * left / expiry + current))
-        if not (previous or current):
-            return ok, remaining, 0.0
-        reset = next_turn(left, expiry / previous) if previous else math.inf
-        if current:
-            reset = min(reset, next_turn(left + expiry, expiry))
-        return ok, remaining, max(0.0, reset)
-
-    @property
-    def turn(self) -> int:
-        """Which fixed window a hit now goes into (what a refund names)."""
-        return self.number
+        # the weighted count, floored (int() floors what is never negative)
+        count = int(previous * left / expiry + current) if previous else current
+        ok = count + amount <= limit
+        if ok and hit:
+            current = self.current = current + amount
+            count += amount
+        remaining = limit - count if count < limit else 0
+        # Seconds until the count drops: the previous count loses one unit every
+        # expiry / previous seconds (engine.next_turn), the current one leaves with the window.
+        if previous:
+            period = expiry / previous
+            reset = left % period or period
+            return ok, remaining, left if current and left < reset else reset
+        return ok, remaining, left if current else 0.0
 
     def refund(self, turn: int, at: float, amount: int) -> None:
         """Take back a hit of `amount` made in fixed window `turn`, from the count that now
         holds it (none once that window has left the sliding one)."""
-        number = turn
-        if number == self.number:
+        if turn == self.turn:
             self.current = max(0, self.current - amount)
-        elif number == self.number - 1:
+        elif turn == self.turn - 1:
             self.previous = max(0, self.previous - amount)
 
     def idle(self, now: float) -> bool:
-        return int(now / self.expiry) > self.number + 1  # both counts have left the window
+        return int(now / self.expiry) > self.turn + 1  # both counts have left the window
 
 
 class MovingLog:
@@ -108,14 +97,21 @@ class MovingLog:
 
     def check(self, now: float, limit: int, amount: int, hit: bool) -> tuple[bool, int, float]:
         """As `SlidingCounter.check`; the reset is when the oldest hit leaves the window."""
-        self._trim(now)
-        ok = amount <= limit and self.count + amount <= limit
-        if ok and hit:
-            self.entries.append((now, amount))
-            self.count += amount
+        entries = self.entries
         expiry = self.expiry
-        start = self.entries[0][0] if self.entries else now
-        return ok, max(0, limit - self.count), min(float(expiry), max(0.0, start + expiry - now))
+        count = self.count
+        oldest = now - expiry
+        while entries and entries[0][0] < oldest:  # (_trim, inline)
+            count -= entries.popleft()[1]
+        ok = count + amount <= limit
+        if ok and hit:
+            entries.append((now, amount))
+            count += amount
+        self.count = count
+        reset = entries[0][0] + expiry - now if entries else expiry + 0.0
+        if reset > expiry or reset < 0:  # a clock that stepped back
+            reset = expiry + 0.0 if reset > 0 else 0.0
+        return ok, limit - count if count < limit else 0, reset
 
     turn = 0  # hits are named by their time
 

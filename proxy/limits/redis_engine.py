@@ -444,14 +444,14 @@ class RedisEngine:
         key_count = 0
         spec: list[str] = []
         order: list[tuple[Budget, int]] = []
-        for step in hits:
-            packed, count, specs = self._windows(step.budget, caller)
+        for budget, amount in hits:
+            packed, count, specs = self._windows(budget, caller)
             keys.append(packed)
             key_count += count
-            tail = f" {step.amount};"
+            tail = f" {amount};"
             for index, window in enumerate(specs):
                 spec += (window, tail)
-                order.append((step.budget, index))
+                order.append((budget, index))
         member, limit = slot if slot is not None else ("", 0)
         if slot is not None:
             keys.append(self._slot_key(caller))

@@ -107,17 +107,24 @@ class MemorySlots:
         self._acquired += 1
         if self._acquired % 1024 == 0:
             self._sweep()
-        slots = self._live(caller)
         now = time.monotonic()
+        slots = self._slots[caller]
+        if slots and next(iter(slots.values())) <= now:  # the oldest expired: drop expired
+            slots = self._live(caller)
         if limit and len(slots) >= limit:
             return False, len(slots), next(iter(slots.values())) - now
         slots[member] = now + self._expiry
         return True, len(slots), self._expiry
 
     def move(self, caller: str, old: str, new: str) -> None:
-        slots = self._live(caller)
-        if slots.pop(old, None) is not None:
-            slots[new] = time.monotonic() + self._expiry
+        slots = self._slots.get(caller)
+        if not slots:
+            return
+        until = slots.pop(old, None)
+        if until is not None:
+            now = time.monotonic()
+            if until > now:  # (an expired slot stays gone)
+                slots[new] = now + self._expiry
 
     def drop(self, caller: str, member: str) -> bool:
         slots = self._slots.get(caller)
@@ -144,13 +151,16 @@ class MemoryUsage:
         self._days: dict[tuple[str, str], DayUsage] = {}
         self._retention = retention_days
         self._current = ""
+        self._day_number = -1  # of `_current` (days since the epoch)
 
     def add(self, caller: str, images: int, cost: float) -> None:
-        day = today()
-        if day != self._current:  # a new day: forget days past the retention period
-            self._current = day
+        number = int(time.time()) // 86400
+        if number != self._day_number:  # a new day: forget days past the retention period
+            self._day_number = number
+            self._current = today(number * 86400)
             keep = set(recent_days(self._retention + 1))
             self._days = {k: v for k, v in self._days.items() if k[0] in keep}
+        day = self._current
         entry = self._days.get((day, caller))
         if entry is None:
             entry = self._days[(day, caller)] = DayUsage(day, caller)
