@@ -265,8 +265,15 @@ def _merge_headers(
     (e.g. `x-fal-request-id` becomes the signed id). Filters may add some, so call late."""
     if not ours:
         return list(upstream)
-    names = {name for name, _ in ours}
-    return [h for h in upstream if h[0] not in names] + ours
+    names = set()
+    for name, _ in ours:  # (loops, not comprehensions: cheaper for a handful of headers)
+        names.add(name)
+    merged = []
+    for header in upstream:
+        if header[0] not in names:
+            merged.append(header)
+    merged += ours
+    return merged
 
 
 def _is_sse(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -309,3 +309,32 @@ def test_token_verifier_remembers_tokens_but_not_past_their_expiry() -> None:
     for user in ("a", "b", "c"):  # the cache stays bounded
         assert verifier.verify(issue_token(user, 60, secrets)) == user
     assert len(verifier._cache) <= 2
+
+
+def test_a_remembered_bearer_caller_lasts_only_as_long_as_its_token() -> None:
+    """The identify stage builds a token's caller once per address and reuses it; once the
+    token expires the caller is refused, remembered or not."""
+    from proxy.errors import ProxyError
+    from proxy.identity import build_identify
+    from proxy.identity.settings import IdentitySettings
+
+    secrets = ["resolver-secret-0123456789"]
+    identify = build_identify(IdentitySettings(resolvers=("bearer",), secrets=tuple(secrets)))
+
+    def identified(token: str, peer: str = "198.51.100.7") -> Any:
+        request = ProxyRequest(scope={"client": (peer, 5000)}, method="GET",
+                               headers=[(b"authorization", f"Bearer {token}".encode())],
+                               target=parse_target("https://fal.run/fal-ai/flux/dev", "POST"))
+        identify(request)
+        return request.caller
+
+    short = issue_token("alice", 1.5, secrets)
+    first = identified(short)
+    assert first.id == "user:alice" and first.address == "198.51.100.7"
+    assert identified(short) is first  # remembered
+    elsewhere = identified(short, "203.0.113.9")
+    assert elsewhere.id == "user:alice" and elsewhere.address == "203.0.113.9"
+    time.sleep(1.6)
+    with pytest.raises(ProxyError) as refused:
+        identified(short)
+    assert refused.value.status == 401 and "expired" in str(refused.value.detail)

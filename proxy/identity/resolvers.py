@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import secrets as _random
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -100,6 +101,7 @@ class _Chain:
         }
         self._resolvers = [table[name] for name in settings.resolvers]
         self._tokens = TokenVerifier(settings.secrets or ["unused"], settings.max_token_ttl)
+        self._bearers: dict[tuple[str, str], tuple[Caller, float]] = {}  # see `bearer`
         self._anonymous = any(n in ("cookie", "address") for n in settings.resolvers)
 
     def __call__(self, request: ProxyRequest) -> None:
@@ -131,12 +133,18 @@ class _Chain:
         header = request.header(b"authorization")
         if not header or not self._settings.secrets:  # no secret: no token can be ours
             return None
+        address = self._addr(request)
+        # The browser sends the same token with every poll: its caller is built once (per
+        # address), and used until the token expires.
+        known = self._bearers.get((header, address))
+        if known is not None and time.time() < known[1]:
+            return known[0]
         scheme, _, token = header.strip().partition(" ")
         scheme, token = scheme.lower(), token.strip()
         if scheme not in ("bearer", "key") or not token:
             return None
         try:
-            user = self._tokens.verify(token)
+            user, until = self._tokens.verify_until(token)
         except TokenError as exc:
             if scheme == "key" and exc.reason == "invalid":
                 return None  # a fal key pasted into the client: ignored, never forwarded
@@ -145,8 +153,12 @@ class _Chain:
                 headers={"www-authenticate": f'Bearer error="invalid_token", '
                                              f'error_description="token {exc.reason}"'},
             ) from None
-        return Caller(id=f"user:{user}", kind="user", address=self._addr(request),
-                      claims={"via": "bearer"})
+        caller = Caller(id=f"user:{user}", kind="user", address=address,
+                        claims={"via": "bearer"})
+        if len(self._bearers) >= 4096:
+            self._bearers.pop(next(iter(self._bearers)))  # oldest first
+        self._bearers[(header, address)] = (caller, until)
+        return caller
 
     def cookie(self, request: ProxyRequest) -> Caller | None:
         """A signed anonymous id in an HttpOnly cookie, set on first contact."""

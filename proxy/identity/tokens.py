@@ -119,18 +119,22 @@ class TokenVerifier:
         self._cache_size = cache_size
 
     def verify(self, token: str) -> str:
+        return self.verify_until(token)[0]
+
+    def verify_until(self, token: str) -> tuple[str, float]:
+        """The user, and until when the token is valid (`time.time()` clock)."""
         hit = self._cache.get(token)
         now = time.time()
         if hit is not None:
             if now < hit[1]:
-                return hit[0]
+                return hit
             del self._cache[token]
             raise TokenError("expired")
         user, until = _decode(self._serializer, token, self._max_ttl, now)
         if len(self._cache) >= self._cache_size:
             self._cache.pop(next(iter(self._cache)))  # oldest first
         self._cache[token] = (user, until)
-        return user
+        return user, until
 
 
 _TTL = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")

@@ -207,7 +207,9 @@ class LimitsGuard:
             local = self._local
             if local is None:
                 return self._charge_polling_remote(request, caller, hits)
-            admitted = self._judged(local.admit_now(caller, hits, None), None)
+            admitted = local.admit_now(caller, hits, None)
+            if admitted.refused is not None:
+                self._judged(admitted, None)  # raises the refusal
             request.response_headers.extend(rate_limit_headers(admitted.windows))
         if not exempt:
             self._follow_job(request, caller)
