@@ -225,3 +225,20 @@ async def test_limits_own_redis_storage_reads_the_engines_counters(
         assert not await _hit(backing)  # limits' 2 hits count for the engine too
     finally:
         await backing.aclose()
+
+
+async def test_a_settlement_nobody_waits_for_is_logged_when_it_fails(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The guard settles without waiting (the response is out): a store that is gone by
+    then costs a warning in the log, never an error in the request."""
+    with RedisServer() as redis:
+        async with _backing(redis.url) as backing:
+            assert await _hit(backing)
+            redis.stop()
+            backing.engine.settle_later("user:a", [], 0.0, (1, 1.0), ("pending:x", "job:y"))
+            for _ in range(100):
+                if "while settling" in caplog.text:
+                    break
+                await asyncio.sleep(0.02)
+    assert "limits store unavailable while settling requests" in caplog.text

@@ -11,6 +11,7 @@ on `limits`' own Redis keys.
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -51,12 +52,18 @@ class Engine(Protocol):
     releases it (second member None). Both raise the backing's errors when the store is
     down, with nothing half-done in Redis (one script each)."""
 
-    async def admit(self, caller: str, hits: list[Step], slot: tuple[str, int] | None
-                    ) -> Admission: ...
+    def admit(self, caller: str, hits: list[Step], slot: tuple[str, int] | None
+              ) -> Awaitable[Admission]: ...
 
-    async def settle(self, caller: str, refunds: list[Refund], at: float,
+    def settle(self, caller: str, refunds: list[Refund], at: float,
+               usage: tuple[int, float] | None,
+               slot: tuple[str, str | None] | None) -> Awaitable[None]: ...
+
+    def settle_later(self, caller: str, refunds: list[Refund], at: float,
                      usage: tuple[int, float] | None,
-                     slot: tuple[str, str | None] | None) -> None: ...
+                     slot: tuple[str, str | None] | None) -> None:
+        """`settle`, with nobody waiting: the guard's way (the response is out already; a
+        failure is logged, and a slot not renamed expires by itself)."""
 
 
 def next_turn(ttl: float, period: float) -> float:
@@ -158,6 +165,11 @@ class LocalEngine:
                 return out
             out.slot = slot[0]
         return out
+
+    def settle_later(self, caller: str, refunds: list[Refund], at: float,
+                     usage: tuple[int, float] | None,
+                     slot: tuple[str, str | None] | None) -> None:
+        self.settle_now(caller, refunds, at, usage, slot)
 
     def settle_now(self, caller: str, refunds: list[Refund], at: float,
                    usage: tuple[int, float] | None,

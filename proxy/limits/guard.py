@@ -184,7 +184,17 @@ class LimitsGuard:
 
     async def _charge_billed_remote(self, request: ProxyRequest, charge: _Charge,
                                     hits: list[Step], slot: tuple[str, int] | None) -> None:
-        self._billed(request, charge, await self._admit(charge.caller, hits, slot))
+        # The engine's future is awaited here directly (no coroutine in between: each await
+        # layer costs every request CPU when the reply wakes it).
+        admitted: Admission | None
+        try:
+            admitted = await self.backing.engine.admit(charge.caller, hits, slot)
+        except self.backing.errors as exc:
+            self._unavailable(hits, slot, exc)
+            admitted = None
+        else:
+            self._judged(admitted, slot)
+        self._billed(request, charge, admitted)
 
     def _billed(self, request: ProxyRequest, charge: _Charge, admitted: Admission | None
                 ) -> None:
@@ -217,7 +227,14 @@ class LimitsGuard:
 
     async def _charge_polling_remote(self, request: ProxyRequest, caller: str,
                                      hits: list[Step]) -> None:
-        admitted = await self._admit(caller, hits, None)
+        admitted: Admission | None
+        try:
+            admitted = await self.backing.engine.admit(caller, hits, None)
+        except self.backing.errors as exc:
+            self._unavailable(hits, None, exc)
+            admitted = None
+        else:
+            self._judged(admitted, None)
         if admitted is not None:
             request.response_headers.extend(rate_limit_headers(admitted.windows))
         self._follow_job(request, caller)
@@ -234,17 +251,6 @@ class LimitsGuard:
             request.settle_hooks.append(self._settle_polling)
 
     # -- admission (guarded by each budget's fail mode) ------------------------------------
-
-    async def _admit(self, caller: str, hits: list[Step], slot: tuple[str, int] | None
-                     ) -> Admission | None:
-        """Every step in one call to a shared store's engine; None when the store is down and
-        every budget involved fails open (let through, unlimited)."""
-        try:
-            admitted = await self.backing.engine.admit(caller, hits, slot)
-        except self.backing.errors as exc:
-            self._unavailable(hits, slot, exc)
-            return None
-        return self._judged(admitted, slot)
 
     def _judged(self, admitted: Admission, slot: tuple[str, int] | None) -> Admission:
         """`admitted`, or the 429 for the budget that refused."""
@@ -269,7 +275,7 @@ class LimitsGuard:
     def _unavailable(self, hits: list[Step], slot: tuple[str, int] | None,
                      exc: BaseException) -> None:
         """The store failed: refuse (503) on the first budget that fails closed, in check
-        order; otherwise log and let the request through."""
+        order; otherwise log and let the request through (unlimited: no admission)."""
         order = [(budget.name, budget.fail_open) for budget, _ in hits]
         if slot is not None:
             order.append(("concurrency", self.settings.fail_concurrency == "open"))
@@ -305,7 +311,7 @@ class LimitsGuard:
                 charge.request_id = found.group(1).decode()
         return body
 
-    def _settle_billed(self, request: ProxyRequest, outcome: Outcome) -> Awaitable[None] | None:
+    def _settle_billed(self, request: ProxyRequest, outcome: Outcome) -> None:
         charge: _Charge = request.notes["limits"]
         refunds: list[Refund] = []
         usage = None
@@ -328,18 +334,8 @@ class LimitsGuard:
         if not refunds and usage is None and slot is None:
             return None
         at = admitted.at if admitted is not None else 0.0
-        if self._local is not None:
-            self._local.settle_now(charge.caller, refunds, at, usage, slot)
-            return None
-        return self._settle_remote(charge.caller, refunds, at, usage, slot)
-
-    async def _settle_remote(self, caller: str, refunds: list[Refund], at: float,
-                             usage: tuple[int, float] | None,
-                             slot: tuple[str, str | None] | None) -> None:
-        try:
-            await self.backing.engine.settle(caller, refunds, at, usage, slot)
-        except self.backing.errors as exc:
-            _LOG.warning("limits store unavailable while settling a request: %s", exc)
+        self.backing.engine.settle_later(charge.caller, refunds, at, usage, slot)
+        return None
 
     def _watch_status(self, request: ProxyRequest, status: int, body: bytes
                       ) -> bytes | Awaitable[bytes]:

@@ -23,12 +23,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from redis.exceptions import NoScriptError, ResponseError
 
-from .batching import fail_all, settle_all
+from .batching import fail_all
 from .budgets import Budget, Window
 from .engine import Admission, Refund, Step
 from .resp import RedisLink, bulk, pack
@@ -297,8 +299,12 @@ end
 """ + _MANY
 
 
-_Request = tuple[bytes, int, bytes, int, "asyncio.Future[bytes]"]  # keys, n, args, n, caller
+# keys, how many, args, how many, the caller's future (None: nobody waits), what its reply
+# becomes
+_Request = tuple[bytes, int, bytes, int, "asyncio.Future[Any] | None", "Callable[[bytes], Any]"]
 _Keys = tuple[bytes, int, list[str]]  # see RedisEngine._windows
+_T = TypeVar("_T")
+_LOG = logging.getLogger("flux_proxy.limits")
 
 
 class _Lane:
@@ -307,9 +313,10 @@ class _Lane:
     Under load many requests are checked in the same turn: one script call for all of them
     costs one write, one reply and one parse instead of one each. Callers hand over their keys
     and arguments already packed (RESP), so a turn's call is one join; each caller still gets
-    its own reply (or the call's error); each request is evaluated exactly as if alone, in
-    arrival order, so nothing about the limits changes. A server that does not know the
-    script (first use, restart, SCRIPT FLUSH) gets it loaded and the call sent again, once.
+    its own reply, read by the caller's `parse` (or the call's error); each request is
+    evaluated exactly as if alone, in arrival order, so nothing about the limits changes. A
+    server that does not know the script (first use, restart, SCRIPT FLUSH) gets it loaded
+    and the call sent again, once.
     """
 
     def __init__(self, link: RedisLink, source: str, most: int = 128) -> None:
@@ -320,16 +327,23 @@ class _Lane:
         self._most = most  # requests per call at most, to bound one script's run time
         self._pending: list[_Request] = []
 
-    def __call__(self, keys: bytes, key_count: int, args: bytes, arg_count: int
-                 ) -> asyncio.Future[bytes]:
+    def __call__(self, keys: bytes, key_count: int, args: bytes, arg_count: int,
+                 parse: Callable[[bytes], _T]) -> asyncio.Future[_T]:
         """Queue one request (`args` starts with its "key_count arg_count" header, counted in
-        `arg_count`); the future gets its reply."""
+        `arg_count`); the future gets `parse(its reply)`. (A future, not a coroutine: the
+        caller awaits it directly, one await layer less per request.)"""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[bytes] = loop.create_future()
+        future: asyncio.Future[_T] = loop.create_future()
         if not self._pending:
             self._link.at_turn_end(loop, self._flush)
-        self._pending.append((keys, key_count, args, arg_count, future))
+        self._pending.append((keys, key_count, args, arg_count, future, parse))
         return future
+
+    def send(self, keys: bytes, key_count: int, args: bytes, arg_count: int) -> None:
+        """Queue one request nobody waits for: no future; a failure is logged."""
+        if not self._pending:
+            self._link.at_turn_end(asyncio.get_running_loop(), self._flush)
+        self._pending.append((keys, key_count, args, arg_count, None, _ignore))
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
@@ -351,18 +365,29 @@ class _Lane:
             self._link.send(self._load, _ignore)  # its error, if any, comes again below
             self._link.send(command, functools.partial(self._replied, batch, command, True))
             return
-        if isinstance(reply, BaseException):  # every caller gets the error
-            fail_all((request[4] for request in batch), reply)
-            return
         replies: list[Any] = reply.split(b"\n") if isinstance(reply, bytes) else []
-        if len(replies) != len(batch):  # not our script's answer: fail them all, safely
-            error = ResponseError(f"unexpected script reply: {reply!r:.100}")
-            replies = [error] * len(batch)
-        settle_all((request[4] for request in batch), replies)
+        if not isinstance(reply, BaseException) and len(replies) != len(batch):
+            reply = ResponseError(f"unexpected script reply: {reply!r:.100}")  # (not ours)
+        if isinstance(reply, BaseException):  # every caller gets the error
+            waiting = [request[4] for request in batch if request[4] is not None]
+            fail_all(waiting, reply)
+            if len(waiting) < len(batch):
+                _LOG.warning("limits store unavailable while settling requests: %s", reply)
+            return
+        for request, answer in zip(batch, replies, strict=True):
+            future = request[4]
+            if future is None or future.done():  # nobody waits, or cancelled
+                continue
+            try:
+                future.set_result(request[5](answer))
+            except Exception as exc:  # a reply it cannot read: that caller's error
+                future.set_exception(exc)
 
 
 def _ignore(reply: Any) -> None:
     return None
+
+
 
 
 def _bulk_pair(first: bytes, second: bytes) -> bytes:
@@ -437,8 +462,8 @@ class RedisEngine:
             found = self._slot_keys[caller] = bulk((self._slots + caller).encode())
         return found
 
-    async def admit(self, caller: str, hits: list[Step], slot: tuple[str, int] | None
-                    ) -> Admission:
+    def admit(self, caller: str, hits: list[Step], slot: tuple[str, int] | None
+              ) -> asyncio.Future[Admission]:
         now = f"{time.time()!r}"
         keys: list[bytes] = []
         key_count = 0
@@ -459,24 +484,23 @@ class RedisEngine:
         args = _bulk_pair(
             b"%d 1" % key_count,
             f"{now} {member} {limit} {self._slot_expiry} {''.join(spec)}".encode())
-        reply = await self._admit(b"".join(keys), key_count, args, 2)
-        fields = reply.split()
-        code = int(fields[0])
-        if code == 2:
-            return Admission(slot_refused=(int(fields[1]), float(fields[2])))
-        # a refusal stops the script early: fewer windows than asked for
-        windows = [Window(budget, budget.items[index], int(fields[at]), float(fields[at + 1]),
-                          index, int(fields[at + 2]))
-                   for at, (budget, index) in zip(range(3, len(fields), 3), order, strict=False)]
-        out = Admission(windows, slot=member if slot is not None and fields[1] == b"1" else None,
-                        at=float(now))
-        if code == 1:
-            out.refused = windows.pop()
-        return out
+        return self._admit(b"".join(keys), key_count, args, 2,
+                           functools.partial(_admission, order, member or None, float(now)))
 
-    async def settle(self, caller: str, refunds: list[Refund], at: float,
+    def settle(self, caller: str, refunds: list[Refund], at: float,
+               usage: tuple[int, float] | None,
+               slot: tuple[str, str | None] | None) -> asyncio.Future[None]:
+        return self._settle(*self._settlement(caller, refunds, at, usage, slot), _ignore)
+
+    def settle_later(self, caller: str, refunds: list[Refund], at: float,
                      usage: tuple[int, float] | None,
                      slot: tuple[str, str | None] | None) -> None:
+        self._settle.send(*self._settlement(caller, refunds, at, usage, slot))
+
+    def _settlement(self, caller: str, refunds: list[Refund], at: float,
+                    usage: tuple[int, float] | None,
+                    slot: tuple[str, str | None] | None) -> tuple[bytes, int, bytes, int]:
+        """The settle script's keys and arguments (see _SETTLE), packed."""
         day = today()
         old, new = slot if slot is not None else ("", None)
         op = "" if slot is None else ("d" if new is None else "r")
@@ -505,4 +529,21 @@ class RedisEngine:
                        f"{time.time()!r} {at!r} {1 if usage else 0} {images} {cost!r} "
                        f"{self._usage_ttl} {op} {self._slot_expiry} {''.join(spec)}".encode()),
             _bulk_pair(caller.encode(), old.encode()), bulk((new or "").encode())))
-        await self._settle(b"".join(keys), key_count, args, 5)
+        return b"".join(keys), key_count, args, 5
+
+
+def _admission(order: list[tuple[Budget, int]], member: str | None, now: float, reply: bytes
+               ) -> Admission:
+    """The admission script's reply (see _ADMIT) for the windows in `order`."""
+    fields = reply.split()
+    code = int(fields[0])
+    if code == 2:
+        return Admission(slot_refused=(int(fields[1]), float(fields[2])))
+    # a refusal stops the script early: fewer windows than asked for
+    windows = [Window(budget, budget.items[index], int(fields[at]), float(fields[at + 1]),
+                      index, int(fields[at + 2]))
+               for at, (budget, index) in zip(range(3, len(fields), 3), order, strict=False)]
+    out = Admission(windows, slot=member if fields[1] == b"1" else None, at=now)
+    if code == 1:
+        out.refused = windows.pop()
+    return out
