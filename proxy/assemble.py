@@ -55,11 +55,12 @@ def build_services(settings: Settings) -> Services:
 
 
 def _charge(services: Services) -> Stage:
-    """Limits (when on), then count the request as in flight."""
+    """Count the request as in flight (until it settles, refused or not), then limits (when
+    on): last, so that a limits check that waits for Redis is awaited as it is."""
     track = services.metrics.track
     if services.limits is None:
         return track
-    return chain(services.limits.charge, track)
+    return chain(track, services.limits.charge)
 
 
 def chain(*stages: Stage) -> Stage:
@@ -71,7 +72,8 @@ def chain(*stages: Stage) -> Stage:
         for index, stage in enumerate(stages):
             pending = stage(request)
             if pending is not None:  # this one waits: so do the ones after it
-                return _finish(pending, stages[index + 1:], request)
+                rest = stages[index + 1:]
+                return _finish(pending, rest, request) if rest else pending
         return None
 
     return run

@@ -88,7 +88,13 @@ class Pipeline:
         outcome = Outcome()
         try:
             request = await self._admit(scope, receive)
-            await self._guard(request)
+            # Every guard, in order (inline: a coroutine less per request). A refusal is
+            # still logged and counted with its operation, carries the headers set before it
+            # (a new anonymous cookie, CORS) and runs the settle hooks registered before it.
+            for stage in self._stage_list:
+                pending = stage(request)
+                if pending is not None:
+                    await pending
             operation = request.target.operation
             if operation is Operation.RUN:
                 # A sync run can take many seconds of billed work: if the caller leaves,
@@ -150,15 +156,6 @@ class Pipeline:
         body = await self._read_body(headers, receive) if method != "GET" else b""
         return ProxyRequest(scope=scope, method=method, headers=headers, target=target,
                             body=body)
-
-    async def _guard(self, request: ProxyRequest) -> None:
-        """Every guard, in order. A refusal is still logged and counted with its operation,
-        carries the headers set before it (a new anonymous cookie, CORS) and runs the settle
-        hooks registered before it."""
-        for stage in self._stage_list:
-            pending = stage(request)
-            if pending is not None:
-                await pending
 
     async def _read_body(self, headers: list[tuple[bytes, bytes]], receive: Receive) -> bytes:
         limit = self._max_body

@@ -49,14 +49,14 @@ async def backing(request: pytest.FixtureRequest, storage: str) -> AsyncIterator
 
 async def _remaining(backing: Backing, caller: str, budget: Budget) -> int:
     """What a fresh hit of 1 leaves (so the count before it was limit - this - 1)."""
-    admitted = await backing.engine.admit(caller, [(budget, 1)], None)
+    admitted = await backing.engine.admit(caller, ((budget, 1),), None)
     assert admitted.refused is None
     return admitted.windows[0].remaining
 
 
 async def test_a_refusing_window_takes_nothing_from_the_others(backing: Backing) -> None:
     wide, narrow = _budget("submit", "5/minute"), _budget("cost", "2/minute")
-    verdicts = [(await backing.engine.admit("user:a", [(wide, 1), (narrow, 1)], None))
+    verdicts = [(await backing.engine.admit("user:a", ((wide, 1), (narrow, 1)), None))
                 .refused for _ in range(3)]
     assert verdicts[0] is None and verdicts[1] is None
     assert verdicts[2] is not None and verdicts[2].budget is narrow  # the third had no room
@@ -65,21 +65,21 @@ async def test_a_refusing_window_takes_nothing_from_the_others(backing: Backing)
 
 async def test_a_refused_slot_takes_no_window(backing: Backing) -> None:
     rate = _budget("submit", "5/minute")
-    first = await backing.engine.admit("user:b", [(rate, 1)], ("pending:1", 1))
+    first = await backing.engine.admit("user:b", ((rate, 1),), ("pending:1", 1))
     assert first.slot == "pending:1"
-    second = await backing.engine.admit("user:b", [(rate, 1)], ("pending:2", 1))
+    second = await backing.engine.admit("user:b", ((rate, 1),), ("pending:2", 1))
     assert second.slot_refused is not None and second.slot is None
     assert await _remaining(backing, "user:b", rate) == 3  # only the first counted
 
 
 async def test_a_refund_gives_the_cost_back(backing: Backing) -> None:
     cost = _budget("cost", "4/day", cost=True)
-    spent = await backing.engine.admit("user:c", [(cost, 300)], None)
+    spent = await backing.engine.admit("user:c", ((cost, 300),), None)
     assert spent.refused is None and spent.windows[0].remaining == 100
-    refused = await backing.engine.admit("user:c", [(cost, 200)], None)
+    refused = await backing.engine.admit("user:c", ((cost, 200),), None)
     assert refused.refused is not None
     await backing.engine.settle("user:c", [(spent.windows[0], 300)], spent.at, None, None)
-    whole = await backing.engine.admit("user:c", [(cost, 400)], None)
+    whole = await backing.engine.admit("user:c", ((cost, 400),), None)
     assert whole.refused is None and whole.windows[0].remaining == 0
 
 
@@ -87,7 +87,7 @@ async def test_concurrent_admissions_never_overshoot_a_cost_quota(backing: Backi
     cost = _budget("cost", "10/day", cost=True)
     rate = _budget("submit", "1000/minute")
     answers = await asyncio.gather(*(
-        backing.engine.admit("user:d", [(cost, 100), (rate, 1)], None)
+        backing.engine.admit("user:d", ((cost, 100), (rate, 1)), None)
         for _ in range(40)))
     assert sum(a.refused is None for a in answers) == 10
     assert await _remaining(backing, "user:d", rate) == 1000 - 10 - 1
@@ -101,11 +101,11 @@ async def test_a_refund_after_the_window_turned_lands_in_the_previous_count(
     backing = _open(redis_server.url, "sliding-window")
     rate = _budget("submit", "10/second")
     try:
-        refunded = await backing.engine.admit("user:e", [(rate, 4)], None)
-        await backing.engine.admit("user:f", [(rate, 1)], None)  # the same minus the refund
+        refunded = await backing.engine.admit("user:e", ((rate, 4),), None)
+        await backing.engine.admit("user:f", ((rate, 1),), None)  # the same minus the refund
         await asyncio.sleep(1.2)  # both windows turned: the hits now weigh as the previous count
-        await backing.engine.admit("user:e", [(rate, 2)], None)  # a new current count
-        await backing.engine.admit("user:f", [(rate, 2)], None)
+        await backing.engine.admit("user:e", ((rate, 2),), None)  # a new current count
+        await backing.engine.admit("user:f", ((rate, 2),), None)
         await backing.engine.settle("user:e", [(refunded.windows[0], 3)], refunded.at, None,
                                     None)
         assert backing.redis is not None
@@ -134,7 +134,7 @@ async def test_limits_reads_refunded_counters(redis_server: RedisServer) -> None
         RedisStorage(f"async+{redis_server.url}", key_prefix=f"{prefix}:limits"))
     rate = _budget("submit", "5/minute")
     try:
-        spent = await backing.engine.admit("user:g", [(rate, 3)], None)
+        spent = await backing.engine.admit("user:g", ((rate, 3),), None)
         await backing.engine.settle("user:g", [(spent.windows[0], 2)], spent.at, None, None)
         stats = await theirs.get_window_stats(rate.items[0], *rate.key("user:g"))
         assert stats.remaining == 4

@@ -45,7 +45,7 @@ async def _backing(url: str, **limits: Any) -> AsyncIterator[Backing]:
 
 async def _hit(backing: Backing, caller: str = "user:a") -> bool:
     """One submit hit; True when admitted."""
-    admitted = await backing.engine.admit(caller, [(_submit(), 1)], None)
+    admitted = await backing.engine.admit(caller, ((_submit(), 1),), None)
     return admitted.refused is None
 
 
@@ -56,12 +56,12 @@ async def test_calls_of_one_turn_share_a_script_call_and_count_exactly(
         results = await asyncio.gather(*(_hit(backing, f"user:{i % 3}") for i in range(60)))
         assert [sum(results[i::3]) for i in range(3)] == [5, 5, 5]  # 5 per caller, exactly
         member = f"pending:{uuid.uuid4().hex}"
-        taken = await backing.engine.admit("user:slots", [], (member, 1))
+        taken = await backing.engine.admit("user:slots", (), (member, 1))
         assert taken.slot == member
-        refused = await backing.engine.admit("user:slots", [], ("pending:other", 1))
+        refused = await backing.engine.admit("user:slots", (), ("pending:other", 1))
         assert refused.slot_refused is not None and refused.slot_refused[0] == 1
         await backing.engine.settle("user:slots", [], 0.0, (1, 2.5), (member, None))
-        again = await backing.engine.admit("user:slots", [], ("pending:third", 1))
+        again = await backing.engine.admit("user:slots", (), ("pending:third", 1))
         assert again.slot == "pending:third"
         rows = await backing.usage.read([today()], "user:slots")
         assert [(r.requests, r.images, r.cost) for r in rows] == [(1, 1, 2.5)]

@@ -20,7 +20,7 @@ COST_SCALE = 100
 _ceil = math.ceil
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # compared and hashed by identity: cheap keys
 class Budget:
     """One budget (`submit`, `cost`, `polling`, `global`) for one scope of endpoints."""
 

@@ -52,7 +52,7 @@ class Engine(Protocol):
     releases it (second member None). Both raise the backing's errors when the store is
     down, with nothing half-done in Redis (one script each)."""
 
-    def admit(self, caller: str, hits: list[Step], slot: tuple[str, int] | None
+    def admit(self, caller: str, hits: tuple[Step, ...], slot: tuple[str, int] | None
               ) -> Awaitable[Admission]: ...
 
     def settle(self, caller: str, refunds: list[Refund], at: float,
@@ -122,7 +122,7 @@ class LocalEngine:
             found = self._store.get(key, budget.expiries, self._sliding_for[budget.scale > 1])
         return found
 
-    async def admit(self, caller: str, hits: list[Step], slot: tuple[str, int] | None
+    async def admit(self, caller: str, hits: tuple[Step, ...], slot: tuple[str, int] | None
                     ) -> Admission:
         return self.admit_now(caller, hits, slot)
 
@@ -131,7 +131,7 @@ class LocalEngine:
                      slot: tuple[str, str | None] | None) -> None:
         self.settle_now(caller, refunds, at, usage, slot)
 
-    def admit_now(self, caller: str, hits: list[Step], slot: tuple[str, int] | None
+    def admit_now(self, caller: str, hits: tuple[Step, ...], slot: tuple[str, int] | None
                   ) -> Admission:
         """`admit`, synchronously (the guard calls this one: no coroutine per request).
         Each window is hit as it is checked; a refusal takes the earlier hits back."""

@@ -60,7 +60,8 @@ class Policy:
     global_cost: Budget | None
     concurrency: int
     cost_function: CostFunction
-    polling_hits: list[Step]  # what a polling call hits: built once, never changed
+    polling_hits: tuple[Step, ...]  # what a polling call hits
+    submit_hits: tuple[Step, ...]  # what a billed call hits besides its cost
     cost_budgets: tuple[Budget, ...]  # cost and global, those on (both count COST_SCALE)
 
 
@@ -116,14 +117,16 @@ class LimitsGuard:
         cost = budget("cost", override.cost, s.cost, s.fail_cost, cost=True)
         global_cost = make_budget("global", s.global_cost, "*", cost=True,
                                   fail_open=s.fail_global == "open", per_caller=False)
+        submit = budget("submit", override.submit, s.submit, s.fail_submit)
         return Policy(
-            submit=budget("submit", override.submit, s.submit, s.fail_submit),
+            submit=submit,
             cost=cost,
             polling=polling,
             global_cost=global_cost,
             concurrency=s.concurrency if override.concurrency is None else override.concurrency,
             cost_function=resolve_cost_function(override.cost_function or s.cost_function),
-            polling_hits=[(polling, 1)] if polling is not None else [],
+            polling_hits=((polling, 1),) if polling is not None else (),
+            submit_hits=((submit, 1),) if submit is not None else (),
             cost_budgets=tuple(b for b in (cost, global_cost) if b is not None),
         )
 
@@ -169,7 +172,7 @@ class LimitsGuard:
                 costs.append((budget, units))
         slot = (f"pending:{self._slot_prefix}{next(self._slot_numbers)}",
                 policy.concurrency) if policy.concurrency > 0 else None
-        hits = [*costs, (policy.submit, 1)] if policy.submit is not None else costs
+        hits = (*costs, *policy.submit_hits)
         if not (hits or slot):
             self._billed(request, charge, None)
             return None
@@ -183,7 +186,8 @@ class LimitsGuard:
         return None
 
     async def _charge_billed_remote(self, request: ProxyRequest, charge: _Charge,
-                                    hits: list[Step], slot: tuple[str, int] | None) -> None:
+                                    hits: tuple[Step, ...], slot: tuple[str, int] | None
+                                    ) -> None:
         # The engine's future is awaited here directly (no coroutine in between: each await
         # layer costs every request CPU when the reply wakes it).
         admitted: Admission | None
@@ -226,7 +230,7 @@ class LimitsGuard:
         return None
 
     async def _charge_polling_remote(self, request: ProxyRequest, caller: str,
-                                     hits: list[Step]) -> None:
+                                     hits: tuple[Step, ...]) -> None:
         admitted: Admission | None
         try:
             admitted = await self.backing.engine.admit(caller, hits, None)
@@ -272,7 +276,7 @@ class LimitsGuard:
             )
         return admitted
 
-    def _unavailable(self, hits: list[Step], slot: tuple[str, int] | None,
+    def _unavailable(self, hits: tuple[Step, ...], slot: tuple[str, int] | None,
                      exc: BaseException) -> None:
         """The store failed: refuse (503) on the first budget that fails closed, in check
         order; otherwise log and let the request through (unlimited: no admission)."""

@@ -303,6 +303,7 @@ end
 # becomes
 _Request = tuple[bytes, int, bytes, int, "asyncio.Future[Any] | None", "Callable[[bytes], Any]"]
 _Keys = tuple[bytes, int, list[str]]  # see RedisEngine._windows
+_Packed = tuple[bytes, int, str, list[tuple[Budget, int]]]  # see RedisEngine._pack
 _T = TypeVar("_T")
 _LOG = logging.getLogger("flux_proxy.limits")
 
@@ -430,6 +431,7 @@ class RedisEngine:
         self._store_keys: dict[tuple[int, str], _Keys] = {}
         self._slot_keys: dict[str, bytes] = {}
         self._settle_keys: dict[tuple[str, str], bytes] = {}
+        self._packed: dict[tuple[str, tuple[Step, ...]], _Packed] = {}
 
     def _windows(self, budget: Budget, caller: str) -> _Keys:
         """Redis keys (packed), how many, and each window's "kind limit expiry"."""
@@ -462,9 +464,26 @@ class RedisEngine:
             found = self._slot_keys[caller] = bulk((self._slots + caller).encode())
         return found
 
-    def admit(self, caller: str, hits: list[Step], slot: tuple[str, int] | None
+    def admit(self, caller: str, hits: tuple[Step, ...], slot: tuple[str, int] | None
               ) -> asyncio.Future[Admission]:
-        now = f"{time.time()!r}"
+        now = time.time()
+        packed = self._packed.get((caller, hits))
+        if packed is None:
+            packed = self._pack(caller, hits)
+        keys, key_count, spec, order = packed
+        member, limit = slot if slot is not None else ("", 0)
+        if slot is not None:
+            keys += self._slot_key(caller)
+            key_count += 1
+        args = _bulk_pair(b"%d 1" % key_count,
+                          f"{now!r} {member} {limit} {self._slot_expiry} {spec}".encode())
+        return self._admit(keys, key_count, args, 2,
+                           functools.partial(_admission, order, member or None, now))
+
+    def _pack(self, caller: str, hits: tuple[Step, ...]) -> _Packed:
+        """A request's window keys (packed), how many, their spec and whose they are: built
+        once per caller and steps (a poll's are always the same; a submit's vary with its
+        cost), bounded."""
         keys: list[bytes] = []
         key_count = 0
         spec: list[str] = []
@@ -477,15 +496,10 @@ class RedisEngine:
             for index, window in enumerate(specs):
                 spec += (window, tail)
                 order.append((budget, index))
-        member, limit = slot if slot is not None else ("", 0)
-        if slot is not None:
-            keys.append(self._slot_key(caller))
-            key_count += 1
-        args = _bulk_pair(
-            b"%d 1" % key_count,
-            f"{now} {member} {limit} {self._slot_expiry} {''.join(spec)}".encode())
-        return self._admit(b"".join(keys), key_count, args, 2,
-                           functools.partial(_admission, order, member or None, float(now)))
+        if len(self._packed) >= 65536:
+            self._packed.clear()
+        found = self._packed[(caller, hits)] = (b"".join(keys), key_count, "".join(spec), order)
+        return found
 
     def settle(self, caller: str, refunds: list[Refund], at: float,
                usage: tuple[int, float] | None,
