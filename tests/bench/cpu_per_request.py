@@ -1,13 +1,14 @@
 """CPU time per proxied request, guards off vs on: a cost figure that noise cannot move much.
 
-    python3 tests/bench/cpu_per_request.py [--seconds 5] [--redis]
+    python3 tests/bench/cpu_per_request.py [--seconds 5] [--rounds 5] [--redis] [--redis-cpu 0]
 
 On a shared machine req/s swings by +-20% between runs, but the CPU seconds a proxy process
 burns per request it serves barely do. This starts the shared harness's fake queue upstream
-(nginx on :18081), then each proxy configuration in turn (pinned to CPU 0, wrk on CPU 1,
-64 connections), and reports req/s and CPU microseconds per request (user+system of the proxy
-process, from /proc) for the submit and status scenarios, with each figure's ratio to
-guards-off. Not a test: it prints figures.
+(nginx on :18081, CPU 1) and every proxy configuration at once (each pinned to CPU 0, wrk on
+CPU 1, 64 connections; redis-server on CPU 1 unless --redis-cpu says otherwise), measures
+them in turn, round after round, and reports req/s and CPU microseconds per request
+(user+system of the proxy process, from /proc) for the submit and status scenarios, with the
+median of each round's ratio to guards-off. Not a test: it prints figures.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,10 +66,30 @@ def _wrk(seconds: int, target: str, token: str, lua: Path | None, port: int
     return (float(rps.group(1)) if rps else 0.0), (int(count.group(1)) if count else 0)
 
 
+def _start(name: str, text: str, work: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
+    cfg = work / f"{name}.toml"
+    cfg.write_text(text)
+    token = subprocess.run(
+        [sys.executable, "-m", "proxy.cli", "token", "issue", "--user", "bench",
+         "--config", str(cfg)], capture_output=True, text=True, check=True, cwd=ROOT,
+    ).stdout.strip()
+    env = {**os.environ, "FAL_KEY": "bench-key",
+           "FLUX_PROXY_UPSTREAM_QUEUE": "http://127.0.0.1:18081"}
+    proxy = subprocess.Popen(
+        ["taskset", "-c", "0", sys.executable, "-m", "proxy.cli", "serve", "--port",
+         str(port), "--config", str(cfg)], env=env, cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proxy, token
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every target this many times, interleaved")
     parser.add_argument("--redis", action="store_true", help="also guards with Redis limits")
+    parser.add_argument("--redis-cpu", default="1",
+                        help="the CPU redis-server runs on (0: the proxy's)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("wrk is missing: apt-get install wrk", file=sys.stderr)
@@ -82,53 +104,52 @@ def main() -> int:
     redis_port = 18399
     if args.redis:
         procs.append(subprocess.Popen(
-            ["taskset", "-c", "0", "redis-server", "--port", str(redis_port), "--save", "",
-             "--appendonly", "no", "--dir", str(work)], stdout=subprocess.DEVNULL))
+            ["taskset", "-c", args.redis_cpu, "redis-server", "--port", str(redis_port),
+             "--save", "", "--appendonly", "no", "--dir", str(work)],
+            stdout=subprocess.DEVNULL))
         configs["guards-redis"] = _config(
             '["bearer"]', LIMITS + f'storage = "redis://127.0.0.1:{redis_port}/0"\n')
-    procs.append(subprocess.Popen(["bash", str(BENCH / "upstream" / "start.sh")],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    rows = []
+    procs.append(subprocess.Popen(
+        ["taskset", "-c", "1", "bash", str(BENCH / "upstream" / "start.sh")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    # every proxy runs at once (each idle while another is measured), so that rounds can
+    # alternate between them: the machine's drift then moves all of them alike
+    running: dict[str, tuple[subprocess.Popen[bytes], str, int]] = {}
+    figures: dict[tuple[str, str], list[tuple[float, float]]] = {}
     try:
-        time.sleep(1.0)
-        for name, text in configs.items():
-            cfg = work / f"{name}.toml"
-            cfg.write_text(text)
-            token = subprocess.run(
-                [sys.executable, "-m", "proxy.cli", "token", "issue", "--user", "bench",
-                 "--config", str(cfg)], capture_output=True, text=True, check=True, cwd=ROOT,
-            ).stdout.strip()
-            port = 18150
-            env = {**os.environ, "FAL_KEY": "bench-key",
-                   "FLUX_PROXY_UPSTREAM_QUEUE": "http://127.0.0.1:18081"}
-            proxy = subprocess.Popen(
-                ["taskset", "-c", "0", sys.executable, "-m", "proxy.cli", "serve", "--port",
-                 str(port), "--config", str(cfg)], env=env, cwd=ROOT,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
-                time.sleep(2.0)
-                for scenario, target, script in (("submit", SUBMIT, lua),
-                                                 ("status", STATUS, None)):
-                    _wrk(2, target, token, script, port)  # warm-up
+        for index, (name, text) in enumerate(configs.items()):
+            proxy, token = _start(name, text, work, 18150 + index)
+            procs.append(proxy)
+            running[name] = (proxy, token, 18150 + index)
+        time.sleep(2.5)
+        for _ in range(args.rounds):
+            for scenario, target, script in (("submit", SUBMIT, lua), ("status", STATUS, None)):
+                for name, (proxy, token, port) in running.items():
+                    _wrk(1, target, token, script, port)  # warm-up
                     cpu0 = _cpu_seconds(proxy.pid)
                     rps, served = _wrk(args.seconds, target, token, script, port)
                     cpu = _cpu_seconds(proxy.pid) - cpu0
-                    rows.append((name, scenario, rps, cpu / max(served, 1) * 1e6))
-            finally:
-                proxy.terminate()
-                proxy.wait(10)
+                    figures.setdefault((name, scenario), []).append(
+                        (rps, cpu / max(served, 1) * 1e6))
     finally:
         for proc in procs:
             proc.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(10)
         subprocess.run(["pkill", "-f", "upstream-nginx"], check=False)
-    base = {s: (rps, us) for n, s, rps, us in rows if n == "guards-off"}
-    print(f"\n{'TARGET':15}{'SCENARIO':10}{'REQ/S':>8}{'CPU us/req':>12}"
+    print(f"\n{args.rounds} round(s) of {args.seconds} s, medians; ratios are the median of each "
+          "round's ratio to guards-off")
+    print(f"{'TARGET':15}{'SCENARIO':10}{'REQ/S':>8}{'CPU us/req':>12}"
           f"{'req/s vs off':>14}{'CPU vs off':>12}")
-    for name, scenario, rps, us in rows:
-        b_rps, b_us = base[scenario]
-        print(f"{name:15}{scenario:10}{rps:8.0f}{us:12.0f}{rps / b_rps:13.2f}x{us / b_us:11.2f}x")
+    for scenario in ("submit", "status"):
+        base = figures[("guards-off", scenario)]
+        for name in running:
+            runs = figures[(name, scenario)]
+            rps_ratio = statistics.median(r[0] / b[0] for r, b in zip(runs, base, strict=True))
+            cpu_ratio = statistics.median(r[1] / b[1] for r, b in zip(runs, base, strict=True))
+            print(f"{name:15}{scenario:10}{statistics.median(r[0] for r in runs):8.0f}"
+                  f"{statistics.median(r[1] for r in runs):12.0f}{rps_ratio:13.2f}x"
+                  f"{cpu_ratio:11.2f}x")
     return 0
 
 
