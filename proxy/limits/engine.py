@@ -166,11 +166,6 @@ class LocalEngine:
             out.slot = slot[0]
         return out
 
-    def settle_later(self, caller: str, refunds: list[Refund], at: float,
-                     usage: tuple[int, float] | None,
-                     slot: tuple[str, str | None] | None) -> None:
-        self.settle_now(caller, refunds, at, usage, slot)
-
     def settle_now(self, caller: str, refunds: list[Refund], at: float,
                    usage: tuple[int, float] | None,
                    slot: tuple[str, str | None] | None) -> None:
@@ -186,3 +181,4 @@ class LocalEngine:
             else:
                 self._slots.move(caller, old, new)
 
+    settle_later = settle_now  # nothing to wait for in memory
