@@ -86,13 +86,9 @@ class Metrics:
         self._add("refusals", (budget, reason))
 
     def used(self, request: ProxyRequest, images: int, cost: float) -> None:
-        labels = (request.target.endpoint_id or request.target.app_id or "",)
-        counters = self.counters
-        for name, amount in (("images", images), ("cost", cost)):  # (_add, inline: per submit)
-            series = counters[name].get(labels)
-            if series is None:
-                series = counters[name][labels] = _Series()
-            series.value += amount
+        endpoint = request.target.endpoint_id or request.target.app_id or ""
+        self._add("images", (endpoint,), images)
+        self._add("cost", (endpoint,), cost)
 
     def record(self, request: ProxyRequest | None, outcome: Outcome) -> None:
         operation = request.target.operation.value if request is not None else "invalid"

@@ -262,15 +262,8 @@ def _merge_headers(
     (e.g. `x-fal-request-id` becomes the signed id). Filters may add some, so call late."""
     if not ours:
         return list(upstream)
-    names = set()
-    for name, _ in ours:  # (loops, not comprehensions: cheaper for a handful of headers)
-        names.add(name)
-    merged = []
-    for header in upstream:
-        if header[0] not in names:
-            merged.append(header)
-    merged += ours
-    return merged
+    names = {name for name, _ in ours}
+    return [h for h in upstream if h[0] not in names] + ours
 
 
 def _is_sse(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -35,7 +35,7 @@ class Budget:
     policies: tuple[str, ...] = ()
     expiries: tuple[int, ...] = ()  # per item: its window in seconds
 
-    def key(self, caller: str) -> tuple[str, ...]:
+    def key(self, caller: str) -> tuple[str, str, str]:
         return (self.name, self.scope, caller if self.per_caller else "*")
 
     def units(self, cost: float) -> int:

@@ -116,11 +116,8 @@ class LocalEngine:
         self._sliding_for = {False: sliding, True: cost_sliding}  # by "is a cost budget"
 
     def _windows(self, budget: Budget, caller: str) -> tuple[LocalWindow, ...]:
-        key = (budget.name, budget.scope, caller if budget.per_caller else "*")
-        found = self._store.windows.get(key)  # (LocalWindows.get, for the windows known)
-        if found is None:
-            found = self._store.get(key, budget.expiries, self._sliding_for[budget.scale > 1])
-        return found
+        return self._store.get(budget.key(caller), budget.expiries,
+                               self._sliding_for[budget.scale > 1])
 
     async def admit(self, caller: str, hits: tuple[Step, ...], slot: tuple[str, int] | None
                     ) -> Admission:
@@ -142,10 +139,13 @@ class LocalEngine:
         known = self._store.windows
         for budget, amount in hits:
             items = budget.items
-            found = known.get((budget.name, budget.scope, caller if budget.per_caller else "*"))
-            if found is None:
-                found = self._windows(budget, caller)
-            for index, window in enumerate(found):
+            # the windows of a known caller straight from the table (Budget.key inline: on a
+            # submit this saves six calls); new ones through LocalWindows.get
+            windows_of = known.get((budget.name, budget.scope,
+                                    caller if budget.per_caller else "*"))
+            if windows_of is None:
+                windows_of = self._windows(budget, caller)
+            for index, window in enumerate(windows_of):
                 item = items[index]
                 ok, remaining, reset = window.check(now, item.amount, amount, True)
                 state = Window(budget, item, remaining, reset, index, window.turn)

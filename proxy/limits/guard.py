@@ -179,10 +179,7 @@ class LimitsGuard:
         local = self._local
         if local is None:
             return self._charge_billed_remote(request, charge, hits, slot)
-        admitted = local.admit_now(caller, hits, slot)
-        if admitted.refused is not None or admitted.slot_refused is not None:
-            self._judged(admitted, slot)  # raises the refusal
-        self._billed(request, charge, admitted)
+        self._billed(request, charge, self._judged(local.admit_now(caller, hits, slot), slot))
         return None
 
     async def _charge_billed_remote(self, request: ProxyRequest, charge: _Charge,
@@ -221,9 +218,7 @@ class LimitsGuard:
             local = self._local
             if local is None:
                 return self._charge_polling_remote(request, caller, hits)
-            admitted = local.admit_now(caller, hits, None)
-            if admitted.refused is not None:
-                self._judged(admitted, None)  # raises the refusal
+            admitted = self._judged(local.admit_now(caller, hits, None), None)
             request.response_headers.extend(rate_limit_headers(admitted.windows))
         if not exempt:
             self._follow_job(request, caller)
@@ -335,11 +330,9 @@ class LimitsGuard:
                 slot = (charge.slot, None)
             elif charge.request_id:
                 slot = (charge.slot, f"job:{charge.request_id}")
-        if not refunds and usage is None and slot is None:
-            return None
-        at = admitted.at if admitted is not None else 0.0
-        self.backing.engine.settle_later(charge.caller, refunds, at, usage, slot)
-        return None
+        if refunds or usage is not None or slot is not None:
+            at = admitted.at if admitted is not None else 0.0
+            self.backing.engine.settle_later(charge.caller, refunds, at, usage, slot)
 
     def _watch_status(self, request: ProxyRequest, status: int, body: bytes
                       ) -> bytes | Awaitable[bytes]:

@@ -135,7 +135,7 @@ return table.concat(replies, '\\n')
 # only wraps two numbers per window (~1.5 µs less each). tests/test_limits_resp.py checks
 # that both agree. Moving windows read the request's clock (`now`, from _WINDOWS).
 _STATES = """
-local function next_turn(ttl, period)  -- local_windows.next_turn (fmod: Python's % for positives)
+local function next_turn(ttl, period)  -- engine.next_turn (fmod: Python's % for positives)
   local left = math.fmod(ttl, period)
   if left == 0 and ttl > 0 then return period end
   return left
@@ -302,7 +302,6 @@ end
 # keys, how many, args, how many, the caller's future (None: nobody waits), what its reply
 # becomes
 _Request = tuple[bytes, int, bytes, int, "asyncio.Future[Any] | None", "Callable[[bytes], Any]"]
-_Keys = tuple[bytes, int, list[str]]  # see RedisEngine._windows
 _Packed = tuple[bytes, int, str, list[tuple[Budget, int]]]  # see RedisEngine._pack
 _T = TypeVar("_T")
 _LOG = logging.getLogger("flux_proxy.limits")
@@ -428,27 +427,9 @@ class RedisEngine:
         self._sliding_for = {False: sliding, True: cost_sliding}  # by "is a cost budget"
         self._keys = KeyCache()
         # Per caller, built once: packed window keys and specs, the slot key, settle's keys.
-        self._store_keys: dict[tuple[int, str], _Keys] = {}
         self._slot_keys: dict[str, bytes] = {}
         self._settle_keys: dict[tuple[str, str], bytes] = {}
         self._packed: dict[tuple[str, tuple[Step, ...]], _Packed] = {}
-
-    def _windows(self, budget: Budget, caller: str) -> _Keys:
-        """Redis keys (packed), how many, and each window's "kind limit expiry"."""
-        cache_key = (id(budget), caller)
-        found = self._store_keys.get(cache_key)
-        if found is not None:
-            return found
-        if len(self._store_keys) >= 65536:
-            self._store_keys.clear()
-        sliding = self._sliding_for[budget.scale > 1]
-        keys: list[bytes] = []
-        specs: list[str] = []
-        for item, key in zip(budget.items, self._keys(budget, caller), strict=True):
-            keys += self._redis_keys(key, sliding)
-            specs.append(f"{'s' if sliding else 'm'} {item.amount} {item.get_expiry()}")
-        found = self._store_keys[cache_key] = (b"".join(map(bulk, keys)), len(keys), specs)
-        return found
 
     def _redis_keys(self, key: str, sliding: bool) -> list[bytes]:
         if sliding:  # limits' layout: "{key}" and "{key}/-1", one cluster slot
@@ -481,24 +462,24 @@ class RedisEngine:
                            functools.partial(_admission, order, member or None, now))
 
     def _pack(self, caller: str, hits: tuple[Step, ...]) -> _Packed:
-        """A request's window keys (packed), how many, their spec and whose they are: built
-        once per caller and steps (a poll's are always the same; a submit's vary with its
-        cost), bounded."""
+        """A request's window keys (packed), how many, their spec ("kind limit expiry
+        amount;" each) and whose they are: built once per caller and steps (a poll's are
+        always the same; a submit's vary with its cost), bounded."""
         keys: list[bytes] = []
-        key_count = 0
         spec: list[str] = []
         order: list[tuple[Budget, int]] = []
         for budget, amount in hits:
-            packed, count, specs = self._windows(budget, caller)
-            keys.append(packed)
-            key_count += count
-            tail = f" {amount};"
-            for index, window in enumerate(specs):
-                spec += (window, tail)
+            sliding = self._sliding_for[budget.scale > 1]
+            kind = "s" if sliding else "m"
+            for index, (item, key) in enumerate(zip(budget.items, self._keys(budget, caller),
+                                                    strict=True)):
+                keys += self._redis_keys(key, sliding)
+                spec.append(f"{kind} {item.amount} {item.get_expiry()} {amount};")
                 order.append((budget, index))
         if len(self._packed) >= 65536:
             self._packed.clear()
-        found = self._packed[(caller, hits)] = (b"".join(keys), key_count, "".join(spec), order)
+        found = self._packed[(caller, hits)] = (b"".join(map(bulk, keys)), len(keys),
+                                                "".join(spec), order)
         return found
 
     def settle(self, caller: str, refunds: list[Refund], at: float,

@@ -107,10 +107,8 @@ class MemorySlots:
         self._acquired += 1
         if self._acquired % 1024 == 0:
             self._sweep()
+        slots = self._live(caller)
         now = time.monotonic()
-        slots = self._slots[caller]
-        if slots and next(iter(slots.values())) <= now:  # the oldest expired: drop expired
-            slots = self._live(caller)
         if limit and len(slots) >= limit:
             return False, len(slots), next(iter(slots.values())) - now
         slots[member] = now + self._expiry
