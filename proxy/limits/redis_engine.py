@@ -41,6 +41,13 @@ __all__ = ["RedisEngine"]
 # Shared by both scripts. Sliding windows: TTLs in ms; moving windows: client timestamps.
 _WINDOWS = """
 local now, now_text = 0, ''  -- the request's client clock, set per request by the driver
+-- The client sends its clock in whole microseconds (formatting a float's shortest repr costs
+-- Python ~8k instructions, an integer ~1k); moving-window entries keep `limits`' layout,
+-- seconds as text, the same text for the same clock (a refund's LREM finds them by it).
+local function clock_of(us)
+  local seconds = tonumber(us) / 1e6
+  return seconds, string.format('%.6f', seconds)
+end
 local function server_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -157,7 +164,8 @@ end
 
 # One admission. KEYS: each window's keys (sliding: current, previous; moving: one), then
 #       the slot key (only when a slot is wanted).
-# ARGV: one string, "now member slot_limit slot_expiry windows" (member '' for no slot;
+# ARGV: one string, "now member slot_limit slot_expiry windows" (now: the client clock in
+#       whole microseconds; member '' for no slot;
 #       windows: "kind limit expiry amount;" each, kind s: sliding, m: moving; expiry in s).
 # Every window is checked first, then the slot taken, then every window hit: all or nothing.
 # Returns "code in_flight wait" and, per window looked at, " remaining reset turn" (_STATES,
@@ -166,10 +174,11 @@ end
 # 1 refused by the last window listed (its state before), 2 no concurrency slot.
 _ADMIT = _WINDOWS + _STATES + """
 local function one(KEYS, ARGV)  -- one request's admission (KEYS, ARGV: its own slices)
-local member, slot_limit, slot_expiry, spec
-now_text, member, slot_limit, slot_expiry, spec =
-  string.match(ARGV[1], '^(%S+) (%S*) (%d+) (%S+) (.*)$')
-now, slot_limit, slot_expiry = tonumber(now_text), tonumber(slot_limit), tonumber(slot_expiry)
+local now_us, member, slot_limit, slot_expiry, spec
+now_us, member, slot_limit, slot_expiry, spec =
+  string.match(ARGV[1], '^(%d+) (%S*) (%d+) (%S+) (.*)$')
+now, now_text = clock_of(now_us)
+slot_limit, slot_expiry = tonumber(slot_limit), tonumber(slot_expiry)
 local out = {0, 0, '0'}
 local windows = {}
 local k = 1
@@ -239,7 +248,7 @@ end
 
 # One settlement. KEYS: each refunded window's keys, then the usage hash, the day's caller
 #       set, the slot key.
-# ARGV: "now at usage? images cost usage_ttl slot_op slot_expiry windows" (at: the clock of
+# ARGV: "at usage? images cost usage_ttl slot_op slot_expiry windows" (at: the clock of
 #       the admission whose hits are refunded, as it was sent; usage? 1/0; slot op '',
 #       r: rename or d: delete; windows: "kind expiry amount turn;" each), then the caller,
 #       the old and the new member.
@@ -254,10 +263,10 @@ local function unhit(key, amount)
   if left > 0 then redis.call('decrby', key, math.min(left, amount)) end
 end
 local function one(KEYS, ARGV)  -- one request's settlement
-local at_text, usage, images, cost, ttl, op, slot_expiry, spec
-now_text, at_text, usage, images, cost, ttl, op, slot_expiry, spec =
-  string.match(ARGV[1], '^(%S+) (%S+) (%d) (%d+) (%S+) (%d+) (%a?) (%S+) (.*)$')
-now = tonumber(now_text)
+local at_us, usage, images, cost, ttl, op, slot_expiry, spec
+at_us, usage, images, cost, ttl, op, slot_expiry, spec =
+  string.match(ARGV[1], '^(%d+) (%d) (%d+) (%S+) (%d+) (%a?) (%S+) (.*)$')
+local _, at_text = clock_of(at_us)
 local k = 1
 for kind, expiry, amount, turn in string.gmatch(spec, '(%a) (%d+) (%d+) (%-?%d+);') do
   expiry, amount, turn = tonumber(expiry) * 1000, tonumber(amount), tonumber(turn)
@@ -430,6 +439,15 @@ class RedisEngine:
         self._slot_keys: dict[str, bytes] = {}
         self._settle_keys: dict[tuple[str, str], bytes] = {}
         self._packed: dict[tuple[str, tuple[Step, ...]], _Packed] = {}
+        self._costs: dict[float, str] = {}  # a cost's text: few distinct values, repr is dear
+
+    def _cost_text(self, cost: float) -> str:
+        text = self._costs.get(cost)
+        if text is None:
+            if len(self._costs) >= 4096:
+                self._costs.clear()
+            text = self._costs[cost] = repr(cost)
+        return text
 
     def _redis_keys(self, key: str, sliding: bool) -> list[bytes]:
         if sliding:  # limits' layout: "{key}" and "{key}/-1", one cluster slot
@@ -457,7 +475,7 @@ class RedisEngine:
             keys += self._slot_key(caller)
             key_count += 1
         args = _bulk_pair(b"%d 1" % key_count,
-                          f"{now!r} {member} {limit} {self._slot_expiry} {spec}".encode())
+                          f"{int(now * 1e6)} {member} {limit} {self._slot_expiry} {spec}".encode())
         return self._admit(keys, key_count, args, 2,
                            functools.partial(_admission, order, member or None, now))
 
@@ -521,7 +539,7 @@ class RedisEngine:
         keys.append(tail)
         args = b"".join((
             _bulk_pair(b"%d 4" % key_count,
-                       f"{time.time()!r} {at!r} {1 if usage else 0} {images} {cost!r} "
+                       f"{int(at * 1e6)} {1 if usage else 0} {images} {self._cost_text(cost)} "
                        f"{self._usage_ttl} {op} {self._slot_expiry} {''.join(spec)}".encode()),
             _bulk_pair(caller.encode(), old.encode()), bulk((new or "").encode())))
         return b"".join(keys), key_count, args, 5
