@@ -52,31 +52,36 @@ local function server_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- `limits`' sliding-window counter: one key pair's state, the current count rolled over to the
+-- previous one when its fixed window ended. Time stands still inside a script (Redis >= 7
+-- reads every TTL at the script's start), so each key is read once: 4 calls, where reading
+-- the state again after the hit, as `limits` does, made 11 more per window.
 local function sliding(cur, prev, expiry)
-  local ttl = tonumber(redis.call('pttl', cur))
-  if ttl > 0 and ttl < expiry then  -- the current window ended: it becomes the previous one
+  local ct = tonumber(redis.call('pttl', cur))
+  local c
+  if ct > 0 and ct < expiry then  -- the current window ended: it becomes the previous one
     redis.call('rename', cur, prev)
-    redis.call('set', cur, 0, 'PX', ttl + expiry)
+    redis.call('set', cur, 0, 'PX', ct + expiry)
+    ct, c = ct + expiry, 0
   end
   local p = tonumber(redis.call('get', prev)) or 0
   local pt = tonumber(redis.call('pttl', prev))
-  local c = tonumber(redis.call('get', cur)) or 0
-  local ct = tonumber(redis.call('pttl', cur))
+  c = c or tonumber(redis.call('get', cur)) or 0
+  local fresh = ct == -2  -- no current count yet
   if pt < 0 then pt = 0 end
   if ct < 0 then ct = 0 end
-  return {p, pt, c, ct}
+  return {p, pt, c, ct, fresh}
 end
-local function sliding_hit(cur, prev, limit, expiry, amount)
-  local s = sliding(cur, prev, expiry)
-  if amount > limit or math.floor(s[1] * s[2] / expiry) + s[3] + amount > limit then
-    return false, s
-  end
-  if redis.call('exists', cur) == 1 then
-    redis.call('incrby', cur, amount)
-  else
+-- Adds `amount` to the current count of the window `sliding` read as `s` (checked to have
+-- room), and updates `s` to what reading it again would give.
+local function sliding_take(cur, s, expiry, amount)
+  if s[5] then
     redis.call('set', cur, amount, 'PX', expiry * 2)
+    s[3], s[4], s[5] = amount, expiry * 2, false
+  else
+    redis.call('incrby', cur, amount)
+    s[3] = s[3] + amount
   end
-  return true, sliding(cur, prev, expiry)
 end
 local function moving(key, limit, expiry)
   local low, high, found = 0, limit - 1, nil
@@ -192,7 +197,7 @@ for kind, limit, expiry, amount in string.gmatch(spec, '(%a) (%d+) (%d+) (%d+);'
     s = moving(KEYS[k], limit, expiry)
     ok = limit - s[1] >= amount
   end
-  windows[#windows + 1] = {kind, k, limit, expiry, amount}
+  windows[#windows + 1] = {kind, k, limit, expiry, amount, s}
   k = k + (kind == 's' and 2 or 1)
   if not ok then
     if kind == 's' then
@@ -226,16 +231,16 @@ if member ~= '' then
 end
 local clock = nil
 for _, w in ipairs(windows) do
-  local kind, at, limit, expiry, amount = w[1], w[2], w[3], w[4], w[5]
+  local kind, at, limit, expiry, amount, s = w[1], w[2], w[3], w[4], w[5], w[6]
   local remaining, reset, turn
   if kind == 's' then
-    local _, s = sliding_hit(KEYS[at], KEYS[at + 1], limit, expiry * 1000, amount)
+    sliding_take(KEYS[at], s, expiry * 1000, amount)
     remaining, reset = sliding_state(s, limit, expiry)
     clock = clock or server_ms()
     turn = clock - (2 * expiry * 1000 - s[4])
   else
-    local _, s = moving_hit(KEYS[at], limit, expiry, amount)
-    remaining, reset = moving_state(s, limit, expiry)
+    local _, after = moving_hit(KEYS[at], limit, expiry, amount)
+    remaining, reset = moving_state(after, limit, expiry)
     turn = 0
   end
   out[#out + 1] = string.format('%d', remaining)
