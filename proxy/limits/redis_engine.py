@@ -48,9 +48,16 @@ local function clock_of(us)
   local seconds = tonumber(us) / 1e6
   return seconds, string.format('%.6f', seconds)
 end
+local clock_us = nil  -- the server's clock, read once per call (TIME costs ~1 µs each)
+local function server_us()
+  if not clock_us then
+    local t = redis.call('TIME')
+    clock_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  end
+  return clock_us
+end
 local function server_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return math.floor(server_us() / 1000)
 end
 -- `limits`' sliding-window counter: one key pair's state, the current count rolled over to the
 -- previous one when its fixed window ended. Time stands still inside a script (Redis >= 7
@@ -217,8 +224,7 @@ for kind, limit, expiry, amount in string.gmatch(spec, '(%a) (%d+) (%d+) (%d+);'
 end
 if member ~= '' then
   local slot_key = KEYS[#KEYS]
-  local t = redis.call('TIME')
-  local clock = tonumber(t[1]) + tonumber(t[2]) / 1e6
+  local clock = server_us() / 1e6
   redis.call('ZREMRANGEBYSCORE', slot_key, '-inf', clock)
   local n = redis.call('ZCARD', slot_key)
   if slot_limit > 0 and n >= slot_limit then
@@ -229,15 +235,13 @@ if member ~= '' then
   redis.call('EXPIRE', slot_key, math.ceil(slot_expiry) + 1)
   out[2] = 1
 end
-local clock = nil
 for _, w in ipairs(windows) do
   local kind, at, limit, expiry, amount, s = w[1], w[2], w[3], w[4], w[5], w[6]
   local remaining, reset, turn
   if kind == 's' then
     sliding_take(KEYS[at], s, expiry * 1000, amount)
     remaining, reset = sliding_state(s, limit, expiry)
-    clock = clock or server_ms()
-    turn = clock - (2 * expiry * 1000 - s[4])
+    turn = server_ms() - (2 * expiry * 1000 - s[4])
   else
     local _, after = moving_hit(KEYS[at], limit, expiry, amount)
     remaining, reset = moving_state(after, limit, expiry)
@@ -293,18 +297,21 @@ for kind, expiry, amount, turn in string.gmatch(spec, '(%a) (%d+) (%d+) (%-?%d+)
 end
 local n = #KEYS
 if usage == '1' then
-  redis.call('HINCRBY', KEYS[n - 2], 'requests', 1)
+  -- each key's lifetime starts with the day's first entry in it (expiring it again on every
+  -- request cost two calls more)
+  if redis.call('HINCRBY', KEYS[n - 2], 'requests', 1) == 1 then
+    redis.call('EXPIRE', KEYS[n - 2], ttl)
+  end
   redis.call('HINCRBY', KEYS[n - 2], 'images', images)
   redis.call('HINCRBYFLOAT', KEYS[n - 2], 'cost', cost)
-  redis.call('EXPIRE', KEYS[n - 2], ttl)
-  redis.call('SADD', KEYS[n - 1], ARGV[2])
-  redis.call('EXPIRE', KEYS[n - 1], ttl)
+  if redis.call('SADD', KEYS[n - 1], ARGV[2]) == 1 then
+    redis.call('EXPIRE', KEYS[n - 1], ttl)
+  end
 end
 if op == 'd' then
   redis.call('ZREM', KEYS[n], ARGV[3])
 elseif op == 'r' and redis.call('ZREM', KEYS[n], ARGV[3]) == 1 then
-  local t = redis.call('TIME')
-  local clock = tonumber(t[1]) + tonumber(t[2]) / 1e6
+  local clock = server_us() / 1e6
   redis.call('ZADD', KEYS[n], clock + tonumber(slot_expiry), ARGV[4])
   redis.call('EXPIRE', KEYS[n], math.ceil(tonumber(slot_expiry)) + 1)
 end
