@@ -59,6 +59,17 @@ end
 local function server_ms()
   return math.floor(server_us() / 1000)
 end
+-- A slot's numbers as text, made once per call (the clock is): the clock, a new slot's score
+-- and its key's TTL. (A number handed to redis.call is printed with %.17g each time.)
+local slot_texts = nil
+local function slot_numbers(expiry_text)
+  if not slot_texts or slot_texts[4] ~= expiry_text then
+    local expiry, clock = tonumber(expiry_text), server_us() / 1e6
+    slot_texts = {string.format('%.17g', clock), string.format('%.17g', clock + expiry),
+                  string.format('%d', math.ceil(expiry) + 1), expiry_text}
+  end
+  return slot_texts
+end
 -- `limits`' sliding-window counter: one key pair's state, the current count rolled over to the
 -- previous one when its fixed window ended. Time stands still inside a script (Redis >= 7
 -- reads every TTL at the script's start), so each key is read once: 4 calls, where reading
@@ -79,14 +90,14 @@ local function sliding(cur, prev, expiry)
   if ct < 0 then ct = 0 end
   return {p, pt, c, ct, fresh}
 end
--- Adds `amount` to the current count of the window `sliding` read as `s` (checked to have
--- room), and updates `s` to what reading it again would give.
-local function sliding_take(cur, s, expiry, amount)
+-- Adds `amount` (also as text) to the current count of the window `sliding` read as `s`
+-- (checked to have room), and updates `s` to what reading it again would give.
+local function sliding_take(cur, s, expiry, amount, amount_text)
   if s[5] then
-    redis.call('set', cur, amount, 'PX', expiry * 2)
+    redis.call('set', cur, amount_text, 'PX', expiry * 2)
     s[3], s[4], s[5] = amount, expiry * 2, false
   else
-    redis.call('incrby', cur, amount)
+    redis.call('incrby', cur, amount_text)
     s[3] = s[3] + amount
   end
 end
@@ -190,12 +201,13 @@ local now_us, member, slot_limit, slot_expiry, spec
 now_us, member, slot_limit, slot_expiry, spec =
   string.match(ARGV[1], '^(%d+) (%S*) (%d+) (%S+) (.*)$')
 now, now_text = clock_of(now_us)
-slot_limit, slot_expiry = tonumber(slot_limit), tonumber(slot_expiry)
+slot_limit = tonumber(slot_limit)
 local out = {0, 0, '0'}
 local windows = {}
 local k = 1
-for kind, limit, expiry, amount in string.gmatch(spec, '(%a) (%d+) (%d+) (%d+);') do
-  limit, expiry, amount = tonumber(limit), tonumber(expiry), tonumber(amount)
+for kind, limit, expiry, amount_text in string.gmatch(spec, '(%a) (%d+) (%d+) (%d+);') do
+  local amount
+  limit, expiry, amount = tonumber(limit), tonumber(expiry), tonumber(amount_text)
   local ok, s, remaining, reset
   if kind == 's' then
     s = sliding(KEYS[k], KEYS[k + 1], expiry * 1000)
@@ -204,7 +216,7 @@ for kind, limit, expiry, amount in string.gmatch(spec, '(%a) (%d+) (%d+) (%d+);'
     s = moving(KEYS[k], limit, expiry)
     ok = limit - s[1] >= amount
   end
-  windows[#windows + 1] = {kind, k, limit, expiry, amount, s}
+  windows[#windows + 1] = {kind, k, limit, expiry, amount, s, amount_text}
   k = k + (kind == 's' and 2 or 1)
   if not ok then
     if kind == 's' then
@@ -223,23 +235,22 @@ for kind, limit, expiry, amount in string.gmatch(spec, '(%a) (%d+) (%d+) (%d+);'
   end
 end
 if member ~= '' then
-  local slot_key = KEYS[#KEYS]
-  local clock = server_us() / 1e6
-  redis.call('ZREMRANGEBYSCORE', slot_key, '-inf', clock)
+  local slot_key, texts = KEYS[#KEYS], slot_numbers(slot_expiry)
+  redis.call('ZREMRANGEBYSCORE', slot_key, '-inf', texts[1])
   local n = redis.call('ZCARD', slot_key)
   if slot_limit > 0 and n >= slot_limit then
     local first = redis.call('ZRANGE', slot_key, 0, 0, 'WITHSCORES')
-    return '2 ' .. n .. ' ' .. tostring(tonumber(first[2]) - clock)
+    return '2 ' .. n .. ' ' .. tostring(tonumber(first[2]) - server_us() / 1e6)
   end
-  redis.call('ZADD', slot_key, clock + slot_expiry, member)
-  redis.call('EXPIRE', slot_key, math.ceil(slot_expiry) + 1)
+  redis.call('ZADD', slot_key, texts[2], member)
+  redis.call('EXPIRE', slot_key, texts[3])
   out[2] = 1
 end
 for _, w in ipairs(windows) do
   local kind, at, limit, expiry, amount, s = w[1], w[2], w[3], w[4], w[5], w[6]
   local remaining, reset, turn
   if kind == 's' then
-    sliding_take(KEYS[at], s, expiry * 1000, amount)
+    sliding_take(KEYS[at], s, expiry * 1000, amount, w[7])
     remaining, reset = sliding_state(s, limit, expiry)
     turn = server_ms() - (2 * expiry * 1000 - s[4])
   else
@@ -311,9 +322,9 @@ end
 if op == 'd' then
   redis.call('ZREM', KEYS[n], ARGV[3])
 elseif op == 'r' and redis.call('ZREM', KEYS[n], ARGV[3]) == 1 then
-  local clock = server_us() / 1e6
-  redis.call('ZADD', KEYS[n], clock + tonumber(slot_expiry), ARGV[4])
-  redis.call('EXPIRE', KEYS[n], math.ceil(tonumber(slot_expiry)) + 1)
+  local texts = slot_numbers(slot_expiry)
+  redis.call('ZADD', KEYS[n], texts[2], ARGV[4])
+  redis.call('EXPIRE', KEYS[n], texts[3])
 end
 return 1
 end
