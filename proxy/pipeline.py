@@ -262,8 +262,11 @@ def _merge_headers(
     (e.g. `x-fal-request-id` becomes the signed id). Filters may add some, so call late."""
     if not ours:
         return list(upstream)
-    names = {name for name, _ in ours}
-    return [h for h in upstream if h[0] not in names] + ours
+    names = dict(ours)
+    for name, _ in upstream:  # (rare: looked for first, the filter's comprehension is dear)
+        if name in names:
+            return [h for h in upstream if h[0] not in names] + ours
+    return upstream + ours
 
 
 def _is_sse(headers: list[tuple[bytes, bytes]]) -> bool:
