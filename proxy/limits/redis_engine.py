@@ -420,8 +420,6 @@ def _ignore(reply: Any) -> None:
     return None
 
 
-
-
 _FIVE_BULKS = b"$%d\r\n%b\r\n" * 5
 
 
