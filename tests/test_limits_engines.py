@@ -72,6 +72,27 @@ async def test_a_refused_slot_takes_no_window(backing: Backing) -> None:
     assert await _remaining(backing, "user:b", rate) == 3  # only the first counted
 
 
+async def test_a_slot_nobody_releases_frees_itself_after_the_expiry(storage: str) -> None:
+    """A job whose end nobody sees (no poll after it completed) holds its slot only for
+    `concurrency_expiry`, counted again from when the slot was renamed to the job."""
+    data = {"limits": {"storage": storage, "key_prefix": f"t{uuid.uuid4().hex}",
+                       "concurrency_expiry": 0.4}}
+    backing = open_backing(settings_from_dict(data).limits)
+    try:
+        taken = await backing.engine.admit("user:s", (), ("pending:1", 1))
+        assert taken.slot == "pending:1"
+        await asyncio.sleep(0.25)
+        await backing.engine.settle("user:s", [], taken.at, None, ("pending:1", "job:1"))
+        await asyncio.sleep(0.25)  # 0.5 s after the slot was taken, 0.25 s after its rename
+        held = await backing.engine.admit("user:s", (), ("pending:2", 1))
+        assert held.slot is None and held.slot_refused is not None
+        await asyncio.sleep(0.25)
+        freed = await backing.engine.admit("user:s", (), ("pending:3", 1))
+        assert freed.slot == "pending:3"
+    finally:
+        await backing.aclose()
+
+
 async def test_a_refund_gives_the_cost_back(backing: Backing) -> None:
     cost = _budget("cost", "4/day", cost=True)
     spent = await backing.engine.admit("user:c", ((cost, 300),), None)
