@@ -76,17 +76,17 @@ async def test_a_slot_nobody_releases_frees_itself_after_the_expiry(storage: str
     """A job whose end nobody sees (no poll after it completed) holds its slot only for
     `concurrency_expiry`, counted again from when the slot was renamed to the job."""
     data = {"limits": {"storage": storage, "key_prefix": f"t{uuid.uuid4().hex}",
-                       "concurrency_expiry": 0.4}}
+                       "concurrency_expiry": 1.0}}
     backing = open_backing(settings_from_dict(data).limits)
     try:
         taken = await backing.engine.admit("user:s", (), ("pending:1", 1))
         assert taken.slot == "pending:1"
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(0.5)
         await backing.engine.settle("user:s", [], taken.at, None, ("pending:1", "job:1"))
-        await asyncio.sleep(0.25)  # 0.5 s after the slot was taken, 0.25 s after its rename
+        await asyncio.sleep(0.6)  # past the slot's first expiry, not its renewed one
         held = await backing.engine.admit("user:s", (), ("pending:2", 1))
         assert held.slot is None and held.slot_refused is not None
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(0.6)  # past the renewed one too
         freed = await backing.engine.admit("user:s", (), ("pending:3", 1))
         assert freed.slot == "pending:3"
     finally:
