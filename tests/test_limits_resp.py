@@ -72,13 +72,14 @@ async def test_usage_in_redis_expires_after_the_retention_period(
 ) -> None:
     """A day's usage (the caller's hash, the day's caller set) lives for the retention period
     and a day, from the day's first request: usage cannot pile up in Redis forever."""
-    async with _backing(redis_server.url, usage_retention_days=7) as backing:
+    prefix = f"t{uuid.uuid4().hex}"
+    async with _backing(redis_server.url, usage_retention_days=7, key_prefix=prefix) as backing:
         assert backing.redis is not None
         for images in (1, 3):  # the second request adds to the first, under the same expiry
             await backing.engine.settle("user:u", [], 0.0, (images, 0.5), None)
         rows = await backing.usage.read([today()], "user:u")
         assert [(r.requests, r.images, r.cost) for r in rows] == [(2, 4, 1.0)]
-        keys = [k async for k in backing.redis.scan_iter(match="*usage*")]
+        keys = [k async for k in backing.redis.scan_iter(match=f"{prefix}:usage:*")]
         assert len(keys) == 2  # the caller's hash and the day's caller set
         for key in keys:
             ttl = await backing.redis.ttl(key)
