@@ -6,16 +6,18 @@ status poll two. Here admission is one EVALSHA (every window checked, the slot, 
 window hit and its state for the headers, atomically) and settlement another (refunds,
 usage, slot rename).
 
-The calls of one event-loop turn go out as one EVALSHA (`_Lane`), on a connection of their own
-that speaks RESP directly (`resp.RedisLink`), and the admission script returns each window's
-state ready-made (`_STATES`). Through redis-py (pipeline, per-argument packing, parsing) and
-with the states computed in Python, Redis limits cost ~40 µs more proxy CPU per submit than
-memory limits and ~15 µs more per status poll (tests/bench/guard_cpu.py); now ~7 and ~4:
-callers hand over keys packed once per caller, so a request costs a few string joins.
+The calls of one event-loop turn go out as one EVALSHA per 16 (`_Lane`), on a connection of
+their own that speaks RESP directly (`resp.RedisLink`), and the admission script returns each
+window's state ready-made (`_STATES`). Through redis-py (pipeline, per-argument packing,
+parsing) and with the states computed in Python, Redis limits cost ~40 µs more proxy CPU per
+submit than memory limits and ~15 µs more per status poll (tests/bench/guard_cpu.py); now ~7
+and ~4: callers hand over keys packed once per caller, so a request costs a few string joins.
 
 The scripts keep `limits`' own window algorithms, keys and units (its `sliding_window`,
 `acquire_sliding_window`, `moving_window` and `acquire_moving_window` scripts, under
-`<key_prefix>:limits:`), so counters are the ones its Redis storage reads and writes.
+`<key_prefix>:limits:`), so counters are the ones its Redis storage reads and writes. They
+read each key once per check: time stands still inside a script, so what `limits` reads again
+after a hit is computed. (tests/bench/redis_cpu.py measures what the scripts cost redis-server.)
 """
 
 from __future__ import annotations
@@ -350,10 +352,9 @@ class _Lane:
     groups of `early`, the two overlap (`guards_bench.sh`: +10-25% req/s with Redis limits).
     Callers hand over their keys and arguments already packed (RESP), so a call is one join;
     each caller still gets its own reply, read by the caller's `parse` (or the call's error);
-    each request is
-    evaluated exactly as if alone, in arrival order, so nothing about the limits changes. A
-    server that does not know the script (first use, restart, SCRIPT FLUSH) gets it loaded
-    and the call sent again, once.
+    each request is evaluated exactly as if alone, in arrival order, so nothing about the
+    limits changes. A server that does not know the script (first use, restart, SCRIPT
+    FLUSH) gets it loaded and the call sent again, once.
     """
 
     def __init__(self, link: RedisLink, source: str, most: int = 128, early: int = 16
