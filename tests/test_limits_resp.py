@@ -49,9 +49,11 @@ async def _hit(backing: Backing, caller: str = "user:a") -> bool:
     return admitted.refused is None
 
 
-async def test_calls_of_one_turn_share_a_script_call_and_count_exactly(
+async def test_calls_of_one_turn_go_out_batched_and_count_exactly(
     redis_server: RedisServer,
 ) -> None:
+    """60 checks issued in one turn travel in a few script calls (groups of 16, the rest at
+    the turn's end), each evaluated as if alone: exactly 5 per caller get through."""
     async with _backing(redis_server.url) as backing:
         results = await asyncio.gather(*(_hit(backing, f"user:{i % 3}") for i in range(60)))
         assert [sum(results[i::3]) for i in range(3)] == [5, 5, 5]  # 5 per caller, exactly
