@@ -473,7 +473,6 @@ class RedisEngine:
         self._slot_keys: dict[str, bytes] = {}
         self._settle_keys: dict[tuple[str, str], bytes] = {}
         self._packed: dict[tuple[str, tuple[Step, ...]], _Packed] = {}
-        self._day_number, self._day = -1, ""  # see _settlement
         self._costs: dict[float, str] = {}  # a cost's text: few distinct values, repr is dear
 
     def _cost_text(self, cost: float) -> str:
@@ -549,10 +548,7 @@ class RedisEngine:
                     usage: tuple[int, float] | None,
                     slot: tuple[str, str | None] | None) -> tuple[bytes, int, bytes, int]:
         """The settle script's keys and arguments (see _SETTLE), packed."""
-        number = int(time.time()) // 86400  # the usage day, formatted once a day
-        if number != self._day_number:
-            self._day_number, self._day = number, today(number * 86400)
-        day = self._day
+        day = today()
         old, new = slot if slot is not None else ("", None)
         op = "" if slot is None else ("d" if new is None else "r")
         images, cost = usage if usage is not None else (0, 0.0)
