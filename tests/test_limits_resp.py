@@ -5,6 +5,7 @@ reconnection, AUTH, the URL's db, and TLS."""
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 import uuid
@@ -175,8 +176,8 @@ async def test_tls(tls_files: dict[str, str]) -> None:
 _STATES_CHECK = "local now = tonumber(ARGV[1])\n" + _STATES + """
 local out = {}
 for i = 2, #ARGV do
-  local kind, a, b, c, d, limit, expiry =
-    string.match(ARGV[i], '^(%a) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+  local kind, a, b, c, d, limit, expiry, scale =
+    string.match(ARGV[i], '^(%a) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
   local s = {tonumber(a), b, tonumber(c), tonumber(d)}
   local remaining, reset
   if kind == 's' then
@@ -185,15 +186,17 @@ for i = 2, #ARGV do
   else
     remaining, reset = moving_state(s, tonumber(limit), tonumber(expiry))
   end
-  out[#out + 1] = string.format('%d', remaining) .. ' ' .. string.format('%.17g', reset)
+  out[#out + 1] = string.format('%d', remaining) .. ' ' .. string.format('%.17g', reset) ..
+    ' ' .. header_numbers(remaining, reset, tonumber(scale))
 end
 return out
 """
 
 
 async def test_the_scripts_window_states_are_the_engines(redis_server: RedisServer) -> None:
-    """The admission script computes each window's state for the headers itself: exactly
-    what `engine.sliding_state` and `moving_state` compute in Python, bit for bit."""
+    """The admission script computes each window's state itself: exactly what
+    `engine.sliding_state` and `moving_state` compute in Python, bit for bit, and from it
+    the RateLimit header's numbers that the memory engine reports."""
     rng = random.Random(7)
     now = time.time()
     cases: list[tuple[Budget, str]] = []
@@ -207,19 +210,22 @@ async def test_the_scripts_window_states_are_the_engines(redis_server: RedisServ
             ttls = [rng.choice([0, expiry * 1000, 2 * expiry * 1000,
                                 rng.randrange(2 * expiry * 1000)]) for _ in range(2)]
             cases.append((budget, f"s {counts[0]} {ttls[0]} {counts[1]} {ttls[1]} "
-                                  f"{limit} {expiry}"))
+                                  f"{limit} {expiry} {budget.scale}"))
             start = rng.choice([now, now - expiry, now - rng.random() * expiry * 1.2])
-            cases.append((budget, f"m {counts[0]} {start!r} 0 0 {limit} {expiry}"))
+            cases.append((budget, f"m {counts[0]} {start!r} 0 0 {limit} {expiry} "
+                                  f"{budget.scale}"))
     async with Redis(port=redis_server.port) as redis:
         replies = await redis.eval(_STATES_CHECK, 0, repr(now), *(case for _, case in cases))
     for (budget, case), reply in zip(cases, replies, strict=True):
-        kind, a, b, c, d, _, _ = case.split()
+        kind, a, b, c, d, *_ = case.split()
         if kind == "s":
             want = sliding_state(budget, 0, int(a), int(b) / 1000, int(c), int(d) / 1000)
         else:
             want = moving_state(budget, 0, float(b), int(a), now)
-        remaining, reset = reply.split()
+        remaining, reset, left, seconds = reply.split()
         assert (int(remaining), float(reset)) == (want.remaining, want.reset), case
+        assert (int(left), int(seconds)) == (want.remaining // budget.scale,
+                                             math.ceil(want.reset)), case
 
 
 @pytest.mark.parametrize("strategy", ["sliding-window", "moving-window"])

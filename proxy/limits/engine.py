@@ -11,9 +11,8 @@ on `limits`' own Redis keys.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .budgets import Budget, Window
 from .local_windows import LocalWindow, LocalWindows
@@ -31,15 +30,52 @@ Step = tuple[Budget, int]  # a budget to hit, and with how many of its integer u
 Refund = tuple[Window, int]  # a window as admission reported it, and the amount hit there
 
 
-@dataclass(slots=True)
 class Admission:
-    """What a request's checks found: window states for the headers, or what refused."""
+    """What a request's checks found: its header numbers and slot, or what refused.
 
-    windows: list[Window] = field(default_factory=list)
-    refused: Window | None = None  # the window that refused (its state, for the 429)
-    slot: str | None = None  # the concurrency slot reserved
-    slot_refused: tuple[int, float] | None = None  # (in flight, s until the oldest expires)
-    at: float = 0.0  # the clock its hits were counted at: what a refund names
+    `numbers` are two per window hit, in order: what remains in the budget's own units and
+    whole seconds to reset (what `budgets.HeaderPlan` formats). The window states themselves
+    (`windows`: for refunds, tests) are built from the engine's raw record only when asked
+    for: per request they cost more than the headers do, and an admitted request that the
+    upstream accepts never needs them.
+    """
+
+    __slots__ = ("_build", "_raw", "_windows", "at", "numbers", "refused", "slot",
+                 "slot_refused")
+
+    def __init__(self, numbers: tuple[int, ...] = (), at: float = 0.0, raw: Any = None,
+                 build: Callable[[Any], list[Window]] | None = None, slot: str | None = None
+                 ) -> None:  # (positional: keywords cost ~2.5k instructions per request)
+        self.numbers = numbers
+        self.at = at  # the clock its hits were counted at: what a refund names
+        self._raw = raw  # what `build` makes `windows` from
+        self._build = build
+        self.slot = slot  # the concurrency slot reserved
+        self._windows: list[Window] | None = None
+        self.refused: Window | None = None  # the window that refused (its state, for the 429)
+        # (in flight, seconds until the oldest slot expires)
+        self.slot_refused: tuple[int, float] | None = None
+
+    @classmethod
+    def refusal(cls, window: Window, at: float) -> Admission:
+        """Refused by `window` (its state before the hit)."""
+        out = cls((), at)
+        out.refused = window
+        return out
+
+    @classmethod
+    def no_slot(cls, in_flight: int, expires: float, at: float = 0.0) -> Admission:
+        """Refused for want of a concurrency slot."""
+        out = cls((), at)
+        out.slot_refused = (in_flight, expires)
+        return out
+
+    @property
+    def windows(self) -> list[Window]:
+        """Each window hit, its state after the hit, in order."""
+        if self._windows is None:
+            self._windows = self._build(self._raw) if self._build is not None else []
+        return self._windows
 
 
 class Engine(Protocol):
@@ -101,6 +137,13 @@ def moving_state(budget: Budget, index: int, start: float, count: int, now: floa
     return Window(budget, item, max(0, item.amount - count), reset, index)
 
 
+_ceil = math.ceil
+
+
+def _states(taken: list[tuple[Any, ...]]) -> list[Window]:
+    return [Window(*record[:6]) for record in taken]
+
+
 class LocalEngine:
     """Steps in order on this process's own windows, slots and usage (`memory://`).
 
@@ -133,12 +176,13 @@ class LocalEngine:
         """`admit`, synchronously (the guard calls this one: no coroutine per request).
         Each window is hit as it is checked; a refusal takes the earlier hits back."""
         now = self._store.clock()
-        windows: list[Window] = []
-        out = Admission(windows, at=now)
-        taken: list[tuple[LocalWindow, int]] = []
+        numbers: list[int] = []
+        # per window hit: its state (a Window's fields), then the window and the amount
+        taken: list[tuple[Any, ...]] = []
         known = self._store.windows
         for budget, amount in hits:
             items = budget.items
+            scale = budget.scale
             # the windows of a known caller straight from the table (Budget.key inline: on a
             # submit this saves six calls); new ones through LocalWindows.get
             windows_of = known.get((budget.name, budget.scope,
@@ -148,21 +192,21 @@ class LocalEngine:
             for index, window in enumerate(windows_of):
                 item = items[index]
                 ok, remaining, reset = window.check(now, item.amount, amount, True)
-                state = Window(budget, item, remaining, reset, index, window.turn)
                 if not ok:
-                    out.refused = state
-                    for earlier, hit in taken:
+                    for *_, earlier, hit in taken:
                         earlier.refund(earlier.turn, now, hit)
-                    return out
-                taken.append((window, amount))
-                windows.append(state)
+                    return Admission.refusal(
+                        Window(budget, item, remaining, reset, index, window.turn), now)
+                taken.append((budget, item, remaining, reset, index, window.turn, window,
+                              amount))
+                numbers += (remaining // scale, _ceil(reset))
+        out = Admission(tuple(numbers), now, taken, _states)
         if slot is not None:
             ok, in_flight, expires = self._slots.take(caller, slot[0], slot[1])
             if not ok:
-                out.slot_refused = (in_flight, expires)
-                for window, hit in taken:
+                for *_, window, hit in taken:
                     window.refund(window.turn, now, hit)
-                return out
+                return Admission.no_slot(in_flight, expires, now)
             out.slot = slot[0]
         return out
 

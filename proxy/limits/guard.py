@@ -27,7 +27,7 @@ from typing import Any
 from ..context import Outcome, ProxyRequest
 from ..errors import ProxyError
 from ..target import Operation, Target
-from .budgets import Budget, make_budget, rate_limit_headers, refusal
+from .budgets import Budget, HeaderPlan, header_plan, make_budget, refusal
 from .cost import CostFunction, parse_input, requested_images, resolve_cost_function
 from .engine import Admission, LocalEngine, Refund, Step
 from .settings import EndpointLimits, LimitsSettings
@@ -63,6 +63,8 @@ class Policy:
     polling_hits: tuple[Step, ...]  # what a polling call hits
     submit_hits: tuple[Step, ...]  # what a billed call hits besides its cost
     cost_budgets: tuple[Budget, ...]  # cost and global, those on (both count COST_SCALE)
+    billed_headers: HeaderPlan | None  # of cost_budgets + submit_hits' windows
+    polling_headers: HeaderPlan | None  # of polling_hits' windows
 
 
 @dataclass(slots=True)
@@ -118,6 +120,7 @@ class LimitsGuard:
         global_cost = make_budget("global", s.global_cost, "*", cost=True,
                                   fail_open=s.fail_global == "open", per_caller=False)
         submit = budget("submit", override.submit, s.submit, s.fail_submit)
+        cost_budgets = tuple(b for b in (cost, global_cost) if b is not None)
         return Policy(
             submit=submit,
             cost=cost,
@@ -127,7 +130,9 @@ class LimitsGuard:
             cost_function=resolve_cost_function(override.cost_function or s.cost_function),
             polling_hits=((polling, 1),) if polling is not None else (),
             submit_hits=((submit, 1),) if submit is not None else (),
-            cost_budgets=tuple(b for b in (cost, global_cost) if b is not None),
+            cost_budgets=cost_budgets,
+            billed_headers=header_plan((*cost_budgets, *([submit] if submit else []))),
+            polling_headers=header_plan([polling] if polling else []),
         )
 
     def policy_for(self, target: Target) -> Policy:
@@ -178,13 +183,15 @@ class LimitsGuard:
             return None
         local = self._local
         if local is None:
-            return self._charge_billed_remote(request, charge, hits, slot)
-        self._billed(request, charge, self._judged(local.admit_now(caller, hits, slot), slot))
+            return self._charge_billed_remote(request, charge, hits, slot,
+                                              policy.billed_headers)
+        self._billed(request, charge, self._judged(local.admit_now(caller, hits, slot), slot),
+                     policy.billed_headers)
         return None
 
     async def _charge_billed_remote(self, request: ProxyRequest, charge: _Charge,
-                                    hits: tuple[Step, ...], slot: tuple[str, int] | None
-                                    ) -> None:
+                                    hits: tuple[Step, ...], slot: tuple[str, int] | None,
+                                    plan: HeaderPlan | None) -> None:
         # The engine's future is awaited here directly (no coroutine in between: each await
         # layer costs every request CPU when the reply wakes it).
         admitted: Admission | None
@@ -195,15 +202,16 @@ class LimitsGuard:
             admitted = None
         else:
             self._judged(admitted, slot)
-        self._billed(request, charge, admitted)
+        self._billed(request, charge, admitted, plan)
 
-    def _billed(self, request: ProxyRequest, charge: _Charge, admitted: Admission | None
-                ) -> None:
+    def _billed(self, request: ProxyRequest, charge: _Charge, admitted: Admission | None,
+                plan: HeaderPlan | None = None) -> None:
         """An admitted billed request: headers, and what settles it."""
         if admitted is not None:
             charge.slot = admitted.slot
             charge.admitted = admitted
-            request.response_headers.extend(rate_limit_headers(admitted.windows))
+            if plan is not None:
+                request.response_headers += plan.headers(admitted.numbers)
         request.notes["limits"] = charge
         request.settle_hooks.append(self._settle_billed)
         if charge.slot is not None and request.target.operation is Operation.SUBMIT:
@@ -216,16 +224,19 @@ class LimitsGuard:
         hits = policy.polling_hits
         if not exempt and hits:
             local = self._local
+            plan = policy.polling_headers
             if local is None:
-                return self._charge_polling_remote(request, caller, hits)
+                return self._charge_polling_remote(request, caller, hits, plan)
             admitted = self._judged(local.admit_now(caller, hits, None), None)
-            request.response_headers.extend(rate_limit_headers(admitted.windows))
+            if plan is not None:
+                request.response_headers += plan.headers(admitted.numbers)
         if not exempt:
             self._follow_job(request, caller)
         return None
 
     async def _charge_polling_remote(self, request: ProxyRequest, caller: str,
-                                     hits: tuple[Step, ...]) -> None:
+                                     hits: tuple[Step, ...], plan: HeaderPlan | None
+                                     ) -> None:
         admitted: Admission | None
         try:
             admitted = await self.backing.engine.admit(caller, hits, None)
@@ -234,8 +245,8 @@ class LimitsGuard:
             admitted = None
         else:
             self._judged(admitted, None)
-        if admitted is not None:
-            request.response_headers.extend(rate_limit_headers(admitted.windows))
+        if admitted is not None and plan is not None:
+            request.response_headers += plan.headers(admitted.numbers)
         self._follow_job(request, caller)
 
     def _follow_job(self, request: ProxyRequest, caller: str) -> None:

@@ -185,18 +185,27 @@ local function moving_state(s, limit, expiry)  -- engine.moving_state; s: moving
   local reset = math.min(expiry, math.max(0, tonumber(s[2]) + expiry - now))
   return math.max(0, limit - s[1]), reset
 end
+-- A window's numbers in the RateLimit header (budgets.HeaderPlan), as the memory engine's:
+-- what remains in the budget's own units (`limits` counts hundredths of cost units) and
+-- whole seconds to reset.
+local function header_numbers(remaining, reset, scale)
+  return string.format('%d %d', math.floor(remaining / scale), math.ceil(reset))
+end
 """
 
 # One admission. KEYS: each window's keys (sliding: current, previous; moving: one), then
 #       the slot key (only when a slot is wanted).
 # ARGV: one string, "now member slot_limit slot_expiry windows" (now: the client clock in
 #       whole microseconds; member '' for no slot;
-#       windows: "kind limit expiry amount;" each, kind s: sliding, m: moving; expiry in s).
+#       windows: "kind limit expiry amount scale;" each, kind s: sliding, m: moving; expiry
+#       in s; scale: the budget's units per counted unit).
 # Every window is checked first, then the slot taken, then every window hit: all or nothing.
 # Returns "code in_flight wait" and, per window looked at, " remaining reset turn" (_STATES,
 # after the hit; the reset printed exactly; turn: for a sliding window, when the fixed window
 # that took the hit began, in the server's ms, which a refund compares): code 0 admitted,
-# 1 refused by the last window listed (its state before), 2 no concurrency slot.
+# 1 refused by the last window listed (its state before), 2 no concurrency slot. Admitted,
+# "|" and each window's two header numbers follow (what Python reads on every request; the
+# states only for a refund).
 _ADMIT = _WINDOWS + _STATES + """
 local function one(KEYS, ARGV)  -- one request's admission (KEYS, ARGV: its own slices)
 local now_us, member, slot_limit, slot_expiry, spec
@@ -207,7 +216,8 @@ slot_limit = tonumber(slot_limit)
 local out = {0, 0, '0'}
 local windows = {}
 local k = 1
-for kind, limit, expiry, amount_text in string.gmatch(spec, '(%a) (%d+) (%d+) (%d+);') do
+for kind, limit, expiry, amount_text, scale in
+    string.gmatch(spec, '(%a) (%d+) (%d+) (%d+) (%d+);') do
   local amount
   limit, expiry, amount = tonumber(limit), tonumber(expiry), tonumber(amount_text)
   local ok, s, remaining, reset
@@ -218,7 +228,7 @@ for kind, limit, expiry, amount_text in string.gmatch(spec, '(%a) (%d+) (%d+) (%
     s = moving(KEYS[k], limit, expiry)
     ok = limit - s[1] >= amount
   end
-  windows[#windows + 1] = {kind, k, limit, expiry, amount, s, amount_text}
+  windows[#windows + 1] = {kind, k, limit, expiry, amount, s, amount_text, tonumber(scale)}
   k = k + (kind == 's' and 2 or 1)
   if not ok then
     if kind == 's' then
@@ -248,6 +258,7 @@ if member ~= '' then
   redis.call('EXPIRE', slot_key, texts[3])
   out[2] = 1
 end
+local numbers = {}
 for _, w in ipairs(windows) do
   local kind, at, limit, expiry, amount, s = w[1], w[2], w[3], w[4], w[5], w[6]
   local remaining, reset, turn
@@ -263,8 +274,9 @@ for _, w in ipairs(windows) do
   out[#out + 1] = string.format('%d', remaining)
   out[#out + 1] = string.format('%.17g', reset)
   out[#out + 1] = string.format('%d', turn)
+  numbers[#numbers + 1] = header_numbers(remaining, reset, w[8])
 end
-return table.concat(out, ' ')
+return table.concat(out, ' ') .. '|' .. table.concat(numbers, ' ')
 end
 """ + _MANY
 
@@ -526,7 +538,7 @@ class RedisEngine:
             for index, (item, key) in enumerate(zip(budget.items, self._keys(budget, caller),
                                                     strict=True)):
                 keys += self._redis_keys(key, sliding)
-                spec.append(f"{kind} {item.amount} {item.get_expiry()} {amount};")
+                spec.append(f"{kind} {item.amount} {item.get_expiry()} {amount} {budget.scale};")
                 order.append((budget, index))
         if len(self._packed) >= 65536:
             self._packed.clear()
@@ -583,15 +595,22 @@ class RedisEngine:
 def _admission(order: list[tuple[Budget, int]], member: str | None, now: float, reply: bytes
                ) -> Admission:
     """The admission script's reply (see _ADMIT) for the windows in `order`."""
+    if reply[:2] == b"0 ":  # admitted: the headers' numbers read now, the states if needed
+        head, _, numbers = reply.partition(b"|")
+        return Admission(tuple(map(int, numbers.split())), now, (order, head), _states,
+                         member if head[2:3] == b"1" else None)
     fields = reply.split()
-    code = int(fields[0])
-    if code == 2:
-        return Admission(slot_refused=(int(fields[1]), float(fields[2])))
-    # a refusal stops the script early: fewer windows than asked for
-    windows = [Window(budget, budget.items[index], int(fields[at]), float(fields[at + 1]),
-                      index, int(fields[at + 2]))
-               for at, (budget, index) in zip(range(3, len(fields), 3), order, strict=False)]
-    out = Admission(windows, slot=member if fields[1] == b"1" else None, at=now)
-    if code == 1:
-        out.refused = windows.pop()
-    return out
+    if fields[0] == b"2":
+        return Admission.no_slot(int(fields[1]), float(fields[2]))
+    # refused by the last window it reports
+    return Admission.refusal(_states((order, reply))[-1], now)
+
+
+def _states(raw: tuple[list[tuple[Budget, int]], bytes]) -> list[Window]:
+    """The window states of an admission's reply: " remaining reset turn" each, after a
+    "code in_flight wait" head (a refusal stops the script early: fewer than `order`)."""
+    order, reply = raw
+    fields = reply.split()
+    return [Window(budget, budget.items[index], int(fields[at]), float(fields[at + 1]),
+                   index, int(fields[at + 2]))
+            for at, (budget, index) in zip(range(3, len(fields), 3), order, strict=False)]
