@@ -58,9 +58,16 @@ class Metrics:
         self.counters: dict[str, dict[tuple[str | int, ...], _Series]] = {
             k: {} for k in _COUNTERS}
         self.latency: dict[str, _Series] = {}  # by operation
+        self._used: dict[str, tuple[_Series, _Series]] = {}  # by endpoint: images, cost
         self.in_flight = 0
         self.open_streams = 0
         self._registry: CollectorRegistry | None = None
+
+    def _series(self, counter: str, labels: tuple[str | int, ...]) -> _Series:
+        series = self.counters[counter].get(labels)
+        if series is None:
+            series = self.counters[counter][labels] = _Series()
+        return series
 
     def _add(self, counter: str, labels: tuple[str | int, ...], amount: float = 1.0) -> None:
         series = self.counters[counter].get(labels)
@@ -86,9 +93,14 @@ class Metrics:
         self._add("refusals", (budget, reason))
 
     def used(self, request: ProxyRequest, images: int, cost: float) -> None:
-        endpoint = request.target.endpoint_id or request.target.app_id or ""
-        self._add("images", (endpoint,), images)
-        self._add("cost", (endpoint,), cost)
+        target = request.target
+        endpoint = target.endpoint_id or target.app_id or ""
+        pair = self._used.get(endpoint)  # (one lookup per billed request, not four)
+        if pair is None:
+            pair = self._used[endpoint] = (self._series("images", (endpoint,)),
+                                           self._series("cost", (endpoint,)))
+        pair[0].value += images
+        pair[1].value += cost
 
     def record(self, request: ProxyRequest | None, outcome: Outcome) -> None:
         operation = request.target.operation.value if request is not None else "invalid"

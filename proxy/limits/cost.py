@@ -113,6 +113,6 @@ def requested_images(data: Any) -> int:
     """How many images the input asks for (1 when unsaid)."""
     if isinstance(data, dict):
         value = data.get("num_images", 1)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        if type(value) is int and value > 0:  # (not a bool)
             return value
     return 1

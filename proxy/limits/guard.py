@@ -42,6 +42,9 @@ RefusalHook = Callable[[str, str], None]  # (budget, "exceeded" | "unavailable")
 UsageHook = Callable[[ProxyRequest, int, float], None]  # (request, images, cost units)
 
 
+_NO_REFUNDS: list[Refund] = []  # (shared, never changed)
+
+
 def _ignore_refusal(budget: str, reason: str) -> None:
     return None
 
@@ -91,6 +94,8 @@ class LimitsGuard:
         self._on_usage = on_usage
         self._exempt_ids = frozenset(settings.exempt_callers)
         self._exempt_kinds = frozenset(settings.exempt_kinds)
+        self._exempting = bool(self._exempt_ids or self._exempt_kinds)
+        self._usage = settings.usage
         self._default = self._policy("*", EndpointLimits())
         self._endpoints = {
             name: self._policy(name, override) for name, override in settings.endpoints.items()
@@ -149,13 +154,16 @@ class LimitsGuard:
         """The stage. In memory it is done when it returns (None); with Redis it returns the
         awaitable that finishes it (see `pipeline.Stage`)."""
         caller = request.caller
-        caller_id = caller.id if caller is not None else f"ip:{request.client_host}"
-        if caller is not None and caller.kind == "anonymous" and caller.address:
-            # An anonymous cookie is free to drop: count anonymous callers by address, so a
-            # client that sends no cookie (a new id each time) cannot escape its limits.
-            caller_id = f"ip:{caller.address}"
-        exempt = caller is not None and (
-            caller.id in self._exempt_ids or caller.kind in self._exempt_kinds)
+        if caller is None:
+            caller_id, exempt = f"ip:{request.client_host}", False
+        else:
+            caller_id = caller.id
+            if caller.kind == "anonymous" and caller.address:
+                # An anonymous cookie is free to drop: count anonymous callers by address, so
+                # a client that sends no cookie (a new id each time) cannot escape its limits.
+                caller_id = f"ip:{caller.address}"
+            exempt = self._exempting and (
+                caller.id in self._exempt_ids or caller.kind in self._exempt_kinds)
         policy = self.policy_for(request.target) if self._endpoints else self._default
         if request.target.operation in BILLED:
             return self._charge_billed(request, caller_id, policy, exempt)
@@ -323,24 +331,26 @@ class LimitsGuard:
 
     def _settle_billed(self, request: ProxyRequest, outcome: Outcome) -> None:
         charge: _Charge = request.notes["limits"]
-        refunds: list[Refund] = []
+        up = outcome.upstream_status
+        accepted = up is not None and 200 <= up < 300
+        refunds: list[Refund] = _NO_REFUNDS
         usage = None
         admitted = charge.admitted
-        if outcome.upstream_succeeded:
+        if accepted:
             images = requested_images(charge.data)
             self._on_usage(request, images, charge.cost)
-            if self.settings.usage:
+            if self._usage:
                 usage = (images, charge.cost)
         elif admitted is not None and charge.costs:  # the cost was hit: take it back
             refunds = [(window, amount) for budget, amount in charge.costs
                        for window in admitted.windows if window.budget is budget]
         slot: tuple[str, str | None] | None = None
-        if charge.slot is not None:
-            queued = request.target.operation is Operation.SUBMIT and outcome.upstream_succeeded
-            if not queued:
-                slot = (charge.slot, None)
-            elif charge.request_id:
-                slot = (charge.slot, f"job:{charge.request_id}")
+        member = charge.slot
+        if member is not None:
+            if not accepted or request.target.operation is not Operation.SUBMIT:
+                slot = (member, None)
+            elif charge.request_id:  # queued: the slot follows the job
+                slot = (member, "job:" + charge.request_id)
         if refunds or usage is not None or slot is not None:
             at = admitted.at if admitted is not None else 0.0
             self.backing.engine.settle_later(charge.caller, refunds, at, usage, slot)

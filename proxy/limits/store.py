@@ -107,8 +107,13 @@ class MemorySlots:
         self._acquired += 1
         if self._acquired % 1024 == 0:
             self._sweep()
-        slots = self._live(caller)
+        slots = self._slots[caller]
         now = time.monotonic()
+        while slots:  # (`_live`, inline: one clock reading)
+            oldest, until = next(iter(slots.items()))
+            if until > now:
+                break
+            del slots[oldest]
         if limit and len(slots) >= limit:
             return False, len(slots), next(iter(slots.values())) - now
         slots[member] = now + self._expiry
