@@ -8,10 +8,11 @@ usage, slot rename).
 
 The calls of one event-loop turn go out as one EVALSHA per 16 (`_Lane`), on a connection of
 their own that speaks RESP directly (`resp.RedisLink`), and the admission script returns each
-window's state ready-made (`_STATES`). Through redis-py (pipeline, per-argument packing,
-parsing) and with the states computed in Python, Redis limits cost ~40 µs more proxy CPU per
-submit than memory limits and ~15 µs more per status poll (tests/bench/guard_cpu.py); now ~7
-and ~4: callers hand over keys packed once per caller, so a request costs a few string joins.
+window's state ready-made (`_STATES`) and the RateLimit header's numbers, which are all Python
+reads of an admitted request's reply (the states are parsed only for a refund). Callers hand
+over keys packed once per caller, so a request costs a few string joins. (Through redis-py,
+with the states computed in Python, Redis limits cost ~40 µs more proxy CPU per submit than
+memory limits; what is left is mostly the wait itself: tests/bench/instructions.py.)
 
 The scripts keep `limits`' own window algorithms, keys and units (its `sliding_window`,
 `acquire_sliding_window`, `moving_window` and `acquire_moving_window` scripts, under
