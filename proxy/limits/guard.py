@@ -357,7 +357,10 @@ class LimitsGuard:
 
     def _watch_status(self, request: ProxyRequest, status: int, body: bytes
                       ) -> bytes | Awaitable[bytes]:
-        if status == 200 and b"COMPLETED" in body and not self._already_released(request):
+        # (find, not `in`: CPython's `bytes in bytes` first tries the needle as an integer
+        # and formats the TypeError it then drops, ~1k instructions on every poll)
+        if (status == 200 and body.find(b"COMPLETED") >= 0
+                and not self._already_released(request)):
             try:
                 done = json.loads(body).get("status") == "COMPLETED"
             except (ValueError, AttributeError):
