@@ -70,6 +70,7 @@ class Metrics:
         return series
 
     def _add(self, counter: str, labels: tuple[str | int, ...], amount: float = 1.0) -> None:
+        # (`_series` inline: `record` calls this for every request)
         series = self.counters[counter].get(labels)
         if series is None:
             series = self.counters[counter][labels] = _Series()
