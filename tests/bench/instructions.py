@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,10 +54,47 @@ def _instructions(name: str, scenario: str, count: int, redis_url: str) -> int:
          sys.executable, __file__, "--child", name, scenario, str(count), redis_url],
         capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "0"},
     ).stderr
-    found = re.search(r"I\s+refs:\s+([\d,]+)", out)
+    return cachegrind_total(out)
+
+
+def cachegrind_total(stderr: str) -> int:
+    """The instructions a cachegrind run counted, from its report on stderr."""
+    found = re.search(r"I\s+refs:\s+([\d,]+)", stderr)
     if found is None:
-        raise SystemExit(f"no instruction count from valgrind:\n{out[-2000:]}")
+        raise SystemExit(f"no instruction count from valgrind:\n{stderr[-2000:]}")
     return int(found.group(1).replace(",", ""))
+
+
+Row = tuple[str, str, float]  # configuration, scenario, instructions per request
+
+
+def per_request(names: list[str], scenarios: list[str], count: Callable[[str, str, int], int],
+                sizes: tuple[int, int] = (SHORT, LONG)) -> list[Row]:
+    """`count(name, scenario, requests)` for both `sizes` of each, against the shared
+    harness's fake queue upstream (started here, on CPU 1): the difference per request."""
+    pin = ["taskset", "-c", "1"] if shutil.which("taskset") else []
+    upstream = subprocess.Popen([*pin, "bash", str(stage_times.BENCH / "upstream" / "start.sh")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    rows: list[Row] = []
+    try:
+        for scenario in scenarios:
+            for name in names:
+                short, long = (count(name, scenario, size) for size in sizes)
+                rows.append((name, scenario, (long - short) / (sizes[1] - sizes[0])))
+                print(f"{name:15}{scenario:10}{rows[-1][2]:12,.0f}", file=sys.stderr, flush=True)
+    finally:
+        upstream.terminate()
+        subprocess.run(["pkill", "-f", "upstream-nginx"], check=False)
+    return rows
+
+
+def print_table(rows: list[Row]) -> None:
+    """Each row with its ratio to guards-off in the same scenario."""
+    print(f"\n{'TARGET':15}{'SCENARIO':10}{'INSTR/REQ':>12}{'vs off':>9}")
+    for name, scenario, per in rows:
+        base = next(p for n, s, p in rows if n == "guards-off" and s == scenario)
+        print(f"{name:15}{scenario:10}{per:12,.0f}{per / base:8.2f}x")
 
 
 def main() -> int:
@@ -72,26 +110,11 @@ def main() -> int:
         return 1
     scenarios = ["submit", "status"] if args.scenario == "both" else [args.scenario]
     names = ["guards-off", "guards-memory"] + (["guards-redis"] if args.redis else [])
-    pin = ["taskset", "-c", "1"] if shutil.which("taskset") else []
-    upstream = subprocess.Popen([*pin, "bash", str(stage_times.BENCH / "upstream" / "start.sh")],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)
-    rows: list[tuple[str, str, float]] = []
-    try:
-        with RedisServer() if args.redis else stage_times._Nothing() as redis:
-            url = redis.url if redis is not None else ""
-            for scenario in scenarios:
-                for name in names:
-                    short = _instructions(name, scenario, SHORT, url)
-                    long = _instructions(name, scenario, LONG, url)
-                    rows.append((name, scenario, (long - short) / (LONG - SHORT)))
-    finally:
-        upstream.terminate()
-        subprocess.run(["pkill", "-f", "upstream-nginx"], check=False)
-    print(f"\n{'TARGET':15}{'SCENARIO':10}{'INSTR/REQ':>12}{'vs off':>9}")
-    for name, scenario, per in rows:
-        base = next(p for n, s, p in rows if n == "guards-off" and s == scenario)
-        print(f"{name:15}{scenario:10}{per:12,.0f}{per / base:8.2f}x")
+    with RedisServer() if args.redis else stage_times._Nothing() as redis:
+        url = redis.url if redis is not None else ""
+        rows = per_request(names, scenarios,
+                           lambda name, scenario, count: _instructions(name, scenario, count, url))
+    print_table(rows)
     return 0
 
 

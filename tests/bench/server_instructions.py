@@ -35,12 +35,13 @@ ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT.parent / "shared" / "bench"
 sys.path.insert(0, str(ROOT))
 
+from tests.bench import instructions  # noqa: E402
 from tests.bench.cpu_per_request import LIMITS, SECRET, STATUS, SUBMIT  # noqa: E402
-from tests.fakes.redis_server import RedisServer  # noqa: E402
+from tests.fakes.redis_server import RedisServer, _free_port  # noqa: E402
 
 CONNECTIONS = 16
 WARM_UP = 160
-SHORT, LONG = 400, 1600
+SIZES = (400, 1600)  # requests per run: the difference is over 1,200
 BODY = (BENCH / "wrk" / "bodies" / "submit.json").read_bytes().strip()
 
 
@@ -52,13 +53,6 @@ def _config(name: str, redis_url: str) -> str:
         limits += f'storage = "{redis_url}"\n'
     return (f'[log]\naccess = false\n[identity]\nresolvers = {resolvers}\n'
             f'secrets = ["{SECRET}"]\n[policy]\nownership = false\n[limits]\n{limits}')
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _request(scenario: str, token: str) -> bytes:
@@ -137,10 +131,7 @@ def _instructions(name: str, scenario: str, count: int, work: Path, redis_url: s
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    found = re.search(r"I\s+refs:\s+([\d,]+)", err.decode(errors="replace"))
-    if found is None:
-        raise SystemExit(f"no instruction count from valgrind:\n{err.decode()[-2000:]}")
-    return int(found.group(1).replace(",", ""))
+    return instructions.cachegrind_total(err.decode(errors="replace"))
 
 
 def main() -> int:
@@ -154,29 +145,16 @@ def main() -> int:
     scenarios = ["submit", "status"] if args.scenario == "both" else [args.scenario]
     names = ["guards-off", "guards-memory"] + ([] if args.no_redis else ["guards-redis"])
     work = Path(tempfile.mkdtemp(prefix="flux-server-instr."))
-    pin = ["taskset", "-c", "1"] if shutil.which("taskset") else []
-    upstream = subprocess.Popen([*pin, "bash", str(BENCH / "upstream" / "start.sh")],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     redis = None if args.no_redis else RedisServer().start()
-    rows: list[tuple[str, str, float]] = []
+    url = redis.url if redis is not None else ""
     try:
-        time.sleep(1.0)
-        for scenario in scenarios:
-            for name in names:
-                url = redis.url if redis is not None else ""
-                short = _instructions(name, scenario, SHORT, work, url)
-                long = _instructions(name, scenario, LONG, work, url)
-                rows.append((name, scenario, (long - short) / (LONG - SHORT)))
-                print(f"{name:15}{scenario:10}{rows[-1][2]:12,.0f}", file=sys.stderr, flush=True)
+        rows = instructions.per_request(
+            names, scenarios,
+            lambda name, scenario, count: _instructions(name, scenario, count, work, url), SIZES)
     finally:
-        upstream.terminate()
-        subprocess.run(["pkill", "-f", "upstream-nginx"], check=False)
         if redis is not None:
             redis.stop()
-    print(f"\n{'TARGET':15}{'SCENARIO':10}{'INSTR/REQ':>12}{'vs off':>9}")
-    for name, scenario, per in rows:
-        base = next(p for n, s, p in rows if n == "guards-off" and s == scenario)
-        print(f"{name:15}{scenario:10}{per:12,.0f}{per / base:8.2f}x")
+    instructions.print_table(rows)
     return 0
 
 
