@@ -101,31 +101,32 @@ class HeaderPlan:
         return [(b"ratelimit-policy", self.policy), (b"ratelimit", self.state % numbers)]
 
 
+def _state_item(label: str) -> str:
+    """One window's item of the `RateLimit` format: two numbers to fill in."""
+    return f'"{label.replace("%", "%%")}";r=%d;t=%d'
+
+
 def header_plan(budgets: Iterable[Budget]) -> HeaderPlan | None:
     """The headers of admissions that hit `budgets` in this order (None: no window)."""
     policies: list[str] = []
     states: list[str] = []
     for budget in budgets:
         policies += budget.policies
-        states += (f'"{label.replace("%", "%%")}";r=%d;t=%d' for label in budget.labels)
+        states += map(_state_item, budget.labels)
     if not policies:
         return None
     return HeaderPlan(", ".join(policies).encode(), ", ".join(states).encode())
 
 
 def rate_limit_headers(windows: list[Window]) -> list[tuple[bytes, bytes]]:
-    """The headers of `windows` (a refusal's), as `HeaderPlan` makes them, built here."""
+    """The headers of `windows` (a refusal's), through a `HeaderPlan` of just these."""
     if not windows:
         return []
-    policies: list[str] = []
-    states: list[str] = []
-    for window in windows:
-        budget, index = window.budget, window.index
-        policies.append(budget.policies[index])
-        states.append(f'"{budget.labels[index]}";r={window.remaining // budget.scale};'
-                      f't={_ceil(window.reset)}')
-    return [(b"ratelimit-policy", ", ".join(policies).encode()),
-            (b"ratelimit", ", ".join(states).encode())]
+    plan = HeaderPlan(
+        ", ".join(w.budget.policies[w.index] for w in windows).encode(),
+        ", ".join(_state_item(w.budget.labels[w.index]) for w in windows).encode())
+    return plan.headers(tuple(number for w in windows
+                              for number in (w.remaining // w.budget.scale, _ceil(w.reset))))
 
 
 def refusal(window: Window, caller_note: str = "") -> ProxyError:
