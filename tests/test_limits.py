@@ -216,12 +216,20 @@ async def test_global_cost_cap_spans_callers(
     with running_proxy(settings) as server:
         url = proxy_url(server)
         async with client() as alice, client("127.0.0.2") as bob:
-            assert (await submit(alice, url)).status_code == 200
-            assert (await submit(bob, url)).status_code == 200
-            for who in (alice, bob):
-                r = await submit(who, url)
-                assert r.status_code == 429 and r.json()["limit"]["budget"] == "global"
+            admitted = [await submit(alice, url), await submit(bob, url)]
+            assert [r.status_code for r in admitted] == [200, 200]
+            refused = [await submit(who, url) for who in (alice, bob)]
+    assert all(r.status_code == 429 and r.json()["limit"]["budget"] == "global"
+               for r in refused)
     assert len(fake_fal.requests(method="POST")) == 2
+    # What is left of the owner's cap is not shown to callers: each sees its own quota only;
+    # the refusal names the cap, and when it resets.
+    assert [policy(r)["cost-1-day"]["r"] for r in admitted] == [9, 9]
+    assert all("global" not in r.headers["ratelimit"] + r.headers["ratelimit-policy"]
+               for r in admitted)
+    assert all(policy(r)["global-1-day"]["r"] == 0 and policy(r)["global-1-day"]["t"] > 0
+               for r in refused)
+    assert all(r.headers["ratelimit-policy"] == '"global-1-day";q=2;w=86400' for r in refused)
 
 
 def test_per_endpoint_override(fake_fal: FakeFal, store: dict[str, Any]) -> None:

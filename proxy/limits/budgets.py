@@ -32,6 +32,10 @@ class Budget:
     scale: int = 1
     fail_open: bool = False
     per_caller: bool = True  # False: one counter for everyone (the global cap)
+    # In every admitted response's RateLimit headers. Not the global cap's: what is left of
+    # the owner's spend is nobody else's business, and would tell an attacker when the
+    # service runs dry (the draft's security considerations); its 429 still says it.
+    shown: bool = True
     # per item, built once: the header label ("submit-1-minute") and its policy entry
     labels: tuple[str, ...] = ()
     policies: tuple[str, ...] = ()
@@ -82,8 +86,8 @@ def make_budget(name: str, spec: str, scope: str, *, cost: bool, fail_open: bool
     labels = tuple(f"{name}-{item.multiples}-{item.GRANULARITY.name}" for item in items)
     policies = tuple(f'"{label}";q={item.amount // scale};w={item.get_expiry()}'
                      for label, item in zip(labels, items, strict=True))
-    return Budget(name, items, scope, scale, fail_open, per_caller, labels, policies,
-                  tuple(item.get_expiry() for item in items))
+    return Budget(name, items, scope, scale, fail_open, per_caller, per_caller, labels,
+                  policies, tuple(item.get_expiry() for item in items))
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,10 +111,13 @@ def _state_item(label: str) -> str:
 
 
 def header_plan(budgets: Iterable[Budget]) -> HeaderPlan | None:
-    """The headers of admissions that hit `budgets` in this order (None: no window)."""
+    """The headers of admissions that hit `budgets` in this order (None: no window shown).
+    Engines report numbers for shown budgets only."""
     policies: list[str] = []
     states: list[str] = []
     for budget in budgets:
+        if not budget.shown:
+            continue
         policies += budget.policies
         states += map(_state_item, budget.labels)
     if not policies:

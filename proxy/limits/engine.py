@@ -33,11 +33,11 @@ Refund = tuple[Window, int]  # a window as admission reported it, and the amount
 class Admission:
     """What a request's checks found: its header numbers and slot, or what refused.
 
-    `numbers` are two per window hit, in order: what remains in the budget's own units and
-    whole seconds to reset (what `budgets.HeaderPlan` formats). The window states themselves
-    (`windows`: for refunds, tests) are built from the engine's raw record only when asked
-    for: per request they cost more than the headers do, and an admitted request that the
-    upstream accepts never needs them.
+    `numbers` are two per window hit whose budget is shown (`Budget.shown`), in order: what
+    remains in the budget's own units and whole seconds to reset (what `budgets.HeaderPlan`
+    formats). The window states themselves (`windows`: for refunds, tests) are built from
+    the engine's raw record only when asked for: per request they cost more than the headers
+    do, and an admitted request that the upstream accepts never needs them.
     """
 
     __slots__ = ("_build", "_raw", "_windows", "at", "numbers", "refused", "slot",
@@ -183,6 +183,7 @@ class LocalEngine:
         for budget, amount in hits:
             items = budget.items
             scale = budget.scale
+            shown = budget.shown
             # the windows of a known caller straight from the table (Budget.key inline: on a
             # submit this saves six calls); new ones through LocalWindows.get
             windows_of = known.get((budget.name, budget.scope,
@@ -199,7 +200,8 @@ class LocalEngine:
                         Window(budget, item, remaining, reset, index, window.turn), now)
                 taken.append((budget, item, remaining, reset, index, window.turn, window,
                               amount))
-                numbers += (remaining // scale, _ceil(reset))
+                if shown:
+                    numbers += (remaining // scale, _ceil(reset))
         out = Admission(tuple(numbers), now, taken, _states)
         if slot is not None:
             ok, in_flight, expires = self._slots.take(caller, slot[0], slot[1])

@@ -199,13 +199,14 @@ end
 # ARGV: one string, "now member slot_limit slot_expiry windows" (now: the client clock in
 #       whole microseconds; member '' for no slot;
 #       windows: "kind limit expiry amount scale;" each, kind s: sliding, m: moving; expiry
-#       in s; scale: the budget's units per counted unit).
+#       in s; scale: the budget's units per counted unit, 0 for a budget not shown in
+#       the headers).
 # Every window is checked first, then the slot taken, then every window hit: all or nothing.
 # Returns "code in_flight wait" and, per window looked at, " remaining reset turn" (_STATES,
 # after the hit; the reset printed exactly; turn: for a sliding window, when the fixed window
 # that took the hit began, in the server's ms, which a refund compares): code 0 admitted,
 # 1 refused by the last window listed (its state before), 2 no concurrency slot. Admitted,
-# "|" and each window's two header numbers follow (what Python reads on every request; the
+# "|" and each shown window's two header numbers follow (what Python reads on every request; the
 # states only for a refund).
 _ADMIT = _WINDOWS + _STATES + """
 local function one(KEYS, ARGV)  -- one request's admission (KEYS, ARGV: its own slices)
@@ -275,7 +276,9 @@ for _, w in ipairs(windows) do
   out[#out + 1] = string.format('%d', remaining)
   out[#out + 1] = string.format('%.17g', reset)
   out[#out + 1] = string.format('%d', turn)
-  numbers[#numbers + 1] = header_numbers(remaining, reset, w[8])
+  if w[8] > 0 then  -- (scale 0: a budget not shown in the headers)
+    numbers[#numbers + 1] = header_numbers(remaining, reset, w[8])
+  end
 end
 return table.concat(out, ' ') .. '|' .. table.concat(numbers, ' ')
 end
@@ -539,7 +542,8 @@ class RedisEngine:
             for index, (item, key) in enumerate(zip(budget.items, self._keys(budget, caller),
                                                     strict=True)):
                 keys += self._redis_keys(key, sliding)
-                spec.append(f"{kind} {item.amount} {item.get_expiry()} {amount} {budget.scale};")
+                scale = budget.scale if budget.shown else 0
+                spec.append(f"{kind} {item.amount} {item.get_expiry()} {amount} {scale};")
                 order.append((budget, index))
         if len(self._packed) >= 65536:
             self._packed.clear()
