@@ -16,8 +16,9 @@ from limits.aio.storage import MemoryStorage
 from limits.aio.storage import memory as limits_memory
 
 from proxy.limits.budgets import Budget, Window, make_budget
-from proxy.limits.engine import moving_state, sliding_state
+from proxy.limits.engine import LocalEngine, moving_state, sliding_state
 from proxy.limits.local_windows import LocalWindows, MovingLog, SlidingCounter
+from proxy.limits.store import MemorySlots, MemoryUsage
 
 LIMIT, EXPIRY = 10, 2
 
@@ -124,3 +125,31 @@ def test_a_moving_refund_removes_its_own_entry() -> None:
     assert log.check(111.0, 10, 1, True)[2] == pytest.approx(1.0)  # 102's entry leaves first
     log.refund(log.turn, 100.0, 2)  # already left the window: nothing to take back
     assert log.count == 2
+
+
+@pytest.mark.parametrize("sliding", [True, False])
+def test_the_engines_remembered_windows_follow_the_sweep(sliding: bool) -> None:
+    """The memory engine remembers each caller's windows per set of budgets; when the sweep
+    drops idle windows it forgets them too, so hits, refunds and a new caller's windows
+    always meet the same counters the table holds (even with a sweep due on every call)."""
+    now = [7200.0]
+    windows = LocalWindows(sweep_interval=0.0, clock=lambda: now[0])
+    engine = LocalEngine(windows, MemorySlots(60.0), MemoryUsage(1), sliding=sliding,
+                         cost_sliding=sliding)
+    submit = make_budget("submit", "3/minute", "*", cost=False, fail_open=False)
+    cost = make_budget("cost", "5/minute", "*", cost=False, fail_open=False)
+    assert submit is not None and cost is not None
+    hits = ((cost, 2), (submit, 1))
+    first = engine.admit_now("a", hits, None)
+    assert first.refused is None and [w.remaining for w in first.windows] == [3, 2]
+    # a new caller with two budgets: a sweep while its windows are made drops none of them
+    other = engine.admit_now("b", hits, None)
+    assert [w.remaining for w in other.windows] == [3, 2]
+    assert set(windows.windows) == {(n, "*", c) for n in ("cost", "submit") for c in "ab"}
+    now[0] += 300  # a's and b's counts leave their windows: the next new caller sweeps them
+    engine.admit_now("c", ((submit, 1),), None)
+    assert set(windows.windows) == {("submit", "*", "c")}
+    again = engine.admit_now("a", hits, None)  # fresh windows, the table's
+    assert [w.remaining for w in again.windows] == [3, 2]
+    engine.settle_now("a", [(again.windows[0], 2)], again.at, None, None)  # a refund
+    assert [w.remaining for w in engine.admit_now("a", hits, None).windows] == [3, 1]

@@ -43,6 +43,7 @@ UsageHook = Callable[[ProxyRequest, int, float], None]  # (request, images, cost
 
 
 _NO_REFUNDS: list[Refund] = []  # (shared, never changed)
+_ONE = (1,)  # a polling call's amount
 
 
 def _ignore_refusal(budget: str, reason: str) -> None:
@@ -66,6 +67,11 @@ class Policy:
     polling_hits: tuple[Step, ...]  # what a polling call hits
     submit_hits: tuple[Step, ...]  # what a billed call hits besides its cost
     cost_budgets: tuple[Budget, ...]  # cost and global, those on (both count COST_SCALE)
+    # The memory engine's way (LocalEngine.admit_shape): the budgets a billed call hits, in
+    # order (cost_budgets, then submit_hits'), and the amounts of those after the cost ones.
+    billed_shape: tuple[Budget, ...]
+    submit_amounts: tuple[int, ...]
+    polling_shape: tuple[Budget, ...]
     billed_headers: HeaderPlan | None  # of cost_budgets + submit_hits' windows
     polling_headers: HeaderPlan | None  # of polling_hits' windows
 
@@ -136,6 +142,9 @@ class LimitsGuard:
             polling_hits=((polling, 1),) if polling is not None else (),
             submit_hits=((submit, 1),) if submit is not None else (),
             cost_budgets=cost_budgets,
+            billed_shape=(*cost_budgets, *([submit] if submit else [])),
+            submit_amounts=(1,) if submit else (),
+            polling_shape=(polling,) if polling else (),
             billed_headers=header_plan((*cost_budgets, *([submit] if submit else []))),
             polling_headers=header_plan([polling] if polling else []),
         )
@@ -179,22 +188,23 @@ class LimitsGuard:
             self._billed(request, charge, None)
             return None
         cost_budgets = policy.cost_budgets
+        units = 0
         if cost_budgets:
             units = cost_budgets[0].units(cost)  # the same for all: they count COST_SCALE
             for budget in cost_budgets:
                 costs.append((budget, units))
         slot = (f"pending:{self._slot_prefix}{next(self._slot_numbers)}",
                 policy.concurrency) if policy.concurrency > 0 else None
-        hits = (*costs, *policy.submit_hits)
-        if not (hits or slot):
+        if not (policy.billed_shape or slot):
             self._billed(request, charge, None)
             return None
         local = self._local
         if local is None:
-            return self._charge_billed_remote(request, charge, hits, slot,
-                                              policy.billed_headers)
-        self._billed(request, charge, self._judged(local.admit_now(caller, hits, slot), slot),
-                     policy.billed_headers)
+            return self._charge_billed_remote(request, charge, (*costs, *policy.submit_hits),
+                                              slot, policy.billed_headers)
+        amounts = (units,) * len(cost_budgets) + policy.submit_amounts
+        admitted = local.admit_shape(caller, policy.billed_shape, amounts, slot)
+        self._billed(request, charge, self._judged(admitted, slot), policy.billed_headers)
         return None
 
     async def _charge_billed_remote(self, request: ProxyRequest, charge: _Charge,
@@ -235,7 +245,8 @@ class LimitsGuard:
             plan = policy.polling_headers
             if local is None:
                 return self._charge_polling_remote(request, caller, hits, plan)
-            admitted = self._judged(local.admit_now(caller, hits, None), None)
+            admitted = self._judged(
+                local.admit_shape(caller, policy.polling_shape, _ONE, None), None)
             if plan is not None:
                 request.response_headers += plan.headers(admitted.numbers)
         if not exempt:

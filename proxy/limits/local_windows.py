@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["LocalWindow", "LocalWindows", "MovingLog", "SlidingCounter"]
 
@@ -138,22 +139,28 @@ class LocalWindows:
     def __init__(self, *, sweep_interval: float = 30.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.windows: dict[tuple[str, str, str], tuple[LocalWindow, ...]] = {}
+        # Tables of references to these windows kept elsewhere (the engine's per-caller
+        # books): emptied whenever the sweep drops windows, so none outlives its window.
+        self.derived: list[dict[Any, Any]] = []
         self.clock = clock
         self._sweep_interval = sweep_interval
         self._next_sweep = 0.0
 
-    def get(self, key: tuple[str, str, str], expiries: tuple[int, ...], sliding: bool
-            ) -> tuple[LocalWindow, ...]:
+    def get(self, key: tuple[str, str, str], expiries: tuple[int, ...], sliding: bool,
+            sweep: bool = True) -> tuple[LocalWindow, ...]:
         windows = self.windows.get(key)
         if windows is None:
-            self._maybe_sweep()
+            if sweep:
+                self.maybe_sweep()
             kind = SlidingCounter if sliding else MovingLog
             windows = self.windows[key] = tuple(kind(expiry) for expiry in expiries)
         return windows
 
-    def _maybe_sweep(self) -> None:
+    def maybe_sweep(self) -> None:
         """Drop idle windows, at most once per interval (only when a new one is made, so
-        steady traffic from known callers never pays for it)."""
+        steady traffic from known callers never pays for it). A new window counts as idle
+        until it is hit: whoever fetches several to use together sweeps first, then gets
+        them with `sweep=False`."""
         mono = time.monotonic()
         if mono < self._next_sweep:
             return
@@ -163,3 +170,6 @@ class LocalWindows:
                 if all(window.idle(now) for window in windows)]
         for key in idle:
             del self.windows[key]
+        if idle:
+            for table in self.derived:
+                table.clear()
