@@ -91,7 +91,7 @@ def _serve(args: argparse.Namespace) -> int:
     mode = _describe_mode(settings)
     print(
         f"flux-proxy {__version__} listening on http://{host}:{port} "
-        f"(proxy route {settings.server.route}, {mode}; {_guards_build()})",
+        f"(proxy route {settings.server.route}, {mode})",
         file=sys.stderr, flush=True,
     )
     # ws="none": nothing here speaks websockets, and uvicorn's "auto" imports the websockets
@@ -115,14 +115,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
     build_pipeline(settings)  # same checks as start-up (e.g. a key for hosted mode)
     print(json.dumps(settings.public_dict(), indent=2))
-    print(f"flux-proxy: configuration valid; {_guards_build()}", file=sys.stderr)
     return 0
-
-
-def _guards_build() -> str:
-    from .limits import compiled
-
-    return "guards: compiled (mypyc)" if compiled() else "guards: pure Python"
 
 
 def _token_issue(args: argparse.Namespace) -> int:

@@ -258,8 +258,4 @@ class LocalEngine:
             else:
                 self._slots.move(caller, old, new)
 
-    def settle_later(self, caller: str, refunds: list[Refund], at: float,
-                     usage: tuple[int, float] | None,
-                     slot: tuple[str, str | None] | None) -> None:
-        """`settle_now` (nothing to wait for in memory; the guard calls that directly)."""
-        self.settle_now(caller, refunds, at, usage, slot)
+    settle_later = settle_now  # nothing to wait for in memory

@@ -364,11 +364,7 @@ class LimitsGuard:
                 slot = (member, "job:" + charge.request_id)
         if refunds or usage is not None or slot is not None:
             at = admitted.at if admitted is not None else 0.0
-            local = self._local
-            if local is not None:
-                local.settle_now(charge.caller, refunds, at, usage, slot)
-            else:
-                self.backing.engine.settle_later(charge.caller, refunds, at, usage, slot)
+            self.backing.engine.settle_later(charge.caller, refunds, at, usage, slot)
 
     def _watch_status(self, request: ProxyRequest, status: int, body: bytes
                       ) -> bytes | Awaitable[bytes]:

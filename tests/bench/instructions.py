@@ -91,10 +91,10 @@ def per_request(names: list[str], scenarios: list[str], count: Callable[[str, st
 
 def print_table(rows: list[Row]) -> None:
     """Each row with its ratio to guards-off in the same scenario."""
-    print(f"\n{'TARGET':20}{'SCENARIO':10}{'INSTR/REQ':>12}{'vs off':>9}")
+    print(f"\n{'TARGET':15}{'SCENARIO':10}{'INSTR/REQ':>12}{'vs off':>9}")
     for name, scenario, per in rows:
         base = next(p for n, s, p in rows if n == "guards-off" and s == scenario)
-        print(f"{name:20}{scenario:10}{per:12,.0f}{per / base:8.2f}x")
+        print(f"{name:15}{scenario:10}{per:12,.0f}{per / base:8.2f}x")
 
 
 def main() -> int:

@@ -1,7 +1,6 @@
 """What the guards cost the whole server, in CPU instructions per request: uvicorn included.
 
     python3 tests/bench/server_instructions.py [--scenario submit|status|both] [--no-redis]
-                                                [--pure]
 
 `instructions.py` counts the ASGI app's work in-process; the server around it (uvicorn's
 HTTP parsing and response writing, the event loop) is left out there, and so is what the
@@ -15,10 +14,6 @@ here: wrk counts by time, not requests). Twice, for N = 400 and 1,600, after the
 warm-up: the difference over 1,200 requests is the instructions per request, start-up and
 shutdown cancelled out. Kernel time (sockets) is not in it; everything the proxy process
 runs in user space is. Needs `valgrind`. Not a test: it prints figures.
-
-The server runs what is built: the guards compiled by setup.py where they are. `--pure` adds
-rows for the guarded configurations run from their pure-Python sources (name/pure), so both
-builds are measured in one run.
 """
 
 from __future__ import annotations
@@ -109,16 +104,9 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0
     raise SystemExit("the proxy did not start under valgrind")
 
 
-# `flux-proxy serve` with the compiled modules' sources imported instead (tests/pure_python.py)
-_PURE_CLI = ("import sys; from tests.pure_python import SourcesFirst; "
-             "sys.meta_path.insert(0, SourcesFirst()); from proxy.cli import main; "
-             "raise SystemExit(main())")
-
-
 def _instructions(name: str, scenario: str, count: int, work: Path, redis_url: str) -> int:
-    config, _, build = name.partition("/")
-    cfg = work / f"{config}.toml"
-    cfg.write_text(_config(config, redis_url))
+    cfg = work / f"{name}.toml"
+    cfg.write_text(_config(name, redis_url))
     token = subprocess.run(
         [sys.executable, "-m", "proxy.cli", "token", "issue", "--user", "bench",
          "--config", str(cfg)], capture_output=True, text=True, check=True, cwd=ROOT,
@@ -129,8 +117,7 @@ def _instructions(name: str, scenario: str, count: int, work: Path, redis_url: s
     pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
     proc = subprocess.Popen(
         [*pin, "valgrind", "--tool=cachegrind", "--cache-sim=no",
-         "--cachegrind-out-file=/dev/null", sys.executable,
-         *(["-c", _PURE_CLI] if build == "pure" else ["-m", "proxy.cli"]), "serve",
+         "--cachegrind-out-file=/dev/null", sys.executable, "-m", "proxy.cli", "serve",
          "--port", str(port), "--config", str(cfg)],
         env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -151,16 +138,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scenario", choices=["submit", "status", "both"], default="both")
     parser.add_argument("--no-redis", action="store_true")
-    parser.add_argument("--pure", action="store_true",
-                        help="also the guarded configurations from their pure-Python sources")
     args = parser.parse_args()
     if not shutil.which("valgrind"):
         print("valgrind is missing: apt-get install valgrind", file=sys.stderr)
         return 1
     scenarios = ["submit", "status"] if args.scenario == "both" else [args.scenario]
     names = ["guards-off", "guards-memory"] + ([] if args.no_redis else ["guards-redis"])
-    if args.pure:
-        names += [f"{name}/pure" for name in names[1:]]
     work = Path(tempfile.mkdtemp(prefix="flux-server-instr."))
     redis = None if args.no_redis else RedisServer().start()
     url = redis.url if redis is not None else ""
