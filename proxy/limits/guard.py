@@ -132,6 +132,7 @@ class LimitsGuard:
                                   fail_open=s.fail_global == "open", per_caller=False)
         submit = budget("submit", override.submit, s.submit, s.fail_submit)
         cost_budgets = tuple(b for b in (cost, global_cost) if b is not None)
+        billed_shape = (*cost_budgets, *([submit] if submit else []))
         return Policy(
             submit=submit,
             cost=cost,
@@ -142,10 +143,10 @@ class LimitsGuard:
             polling_hits=((polling, 1),) if polling is not None else (),
             submit_hits=((submit, 1),) if submit is not None else (),
             cost_budgets=cost_budgets,
-            billed_shape=(*cost_budgets, *([submit] if submit else [])),
+            billed_shape=billed_shape,
             submit_amounts=(1,) if submit else (),
             polling_shape=(polling,) if polling else (),
-            billed_headers=header_plan((*cost_budgets, *([submit] if submit else []))),
+            billed_headers=header_plan(billed_shape),
             polling_headers=header_plan([polling] if polling else []),
         )
 

@@ -1,0 +1,128 @@
+"""Guards on against guards off, both loaded at once on the same core: the paired measure.
+
+    python3 tests/bench/paired_cpu.py [--redis] [--rounds 5] [--seconds 5]
+
+This box's speed swings by up to 2x within minutes, so two figures taken one after the
+other (what the shared harness and `cpu_per_request.py` do) differ by ±20% for the same code.
+Here guards off and one guarded configuration run side by side, both pinned to CPU 0, each
+loaded by its own wrk (64 connections, CPU 1) for the same seconds: the scheduler splits the
+core between them, and a swing of the machine's speed hits both at the same instant. Their
+req/s ratio is then what the guards cost in throughput, and each one's CPU time over its
+requests (user + system, from /proc) what they cost per request. Pairs of the same code
+agree within ~3% (single sequential rounds: ±20%). One pair per guarded configuration and
+scenario per round; medians of the per-round ratios, with their range. The configurations
+are `guards_bench.sh`'s (and `cpu_per_request.py`'s). Not a test: it prints figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.bench.cpu_per_request import (  # noqa: E402
+    BENCH,
+    BODY,
+    LIMITS,
+    STATUS,
+    SUBMIT,
+    _config,
+    _start,
+    _wrk,
+)
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # user + system, in clock ticks
+
+
+def _load(proc: subprocess.Popen[bytes], token: str, port: int, target: str,
+          script: Path | None, seconds: int, out: dict[str, tuple[float, float]], name: str
+          ) -> None:
+    _wrk(1, target, token, script, port)  # warm-up
+    ticks = _cpu_ticks(proc.pid)
+    rps, served = _wrk(seconds, target, token, script, port)
+    out[name] = (rps, (_cpu_ticks(proc.pid) - ticks) / max(served, 1))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--redis", action="store_true", help="also guards with Redis limits")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        print("wrk is missing: apt-get install wrk", file=sys.stderr)
+        return 1
+    work = Path(tempfile.mkdtemp(prefix="flux-paired-bench."))
+    lua = work / "submit.lua"
+    lua.write_text('wrk.method = "POST"\nwrk.headers["content-type"] = "application/json"\n'
+                   f"wrk.body = [[{BODY.read_text().strip()}]]\n")
+    configs = {"guards-off": _config('["address"]', "enabled = false\n"),
+               "guards-memory": _config('["bearer"]', LIMITS)}
+    procs: list[subprocess.Popen[bytes]] = []
+    if args.redis:
+        redis_port = 18399
+        procs.append(subprocess.Popen(
+            ["taskset", "-c", "1", "redis-server", "--port", str(redis_port), "--save", "",
+             "--appendonly", "no", "--dir", str(work)], stdout=subprocess.DEVNULL))
+        configs["guards-redis"] = _config(
+            '["bearer"]', LIMITS + f'storage = "redis://127.0.0.1:{redis_port}/0"\n')
+    procs.append(subprocess.Popen(
+        ["taskset", "-c", "1", "bash", str(BENCH / "upstream" / "start.sh")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    running: dict[str, tuple[subprocess.Popen[bytes], str, int]] = {}
+    ratios: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    try:
+        for index, (name, text) in enumerate(configs.items()):
+            proxy, token = _start(name, text, work, 18160 + index)
+            procs.append(proxy)
+            running[name] = (proxy, token, 18160 + index)
+        subprocess.run([sys.executable, "-c", "import time; time.sleep(3)"], check=True)
+        for round_number in range(1, args.rounds + 1):
+            for scenario, target, script in (("submit", SUBMIT, lua), ("status", STATUS, None)):
+                for name in list(running)[1:]:
+                    out: dict[str, tuple[float, float]] = {}
+                    loads = [threading.Thread(target=_load, args=(
+                        *running[who], target, script, args.seconds, out, who))
+                        for who in ("guards-off", name)]
+                    for load in loads:
+                        load.start()
+                    for load in loads:
+                        load.join()
+                    (rps, cpu), (off_rps, off_cpu) = out[name], out["guards-off"]
+                    ratios.setdefault((name, scenario), []).append(
+                        (rps / off_rps, cpu / off_cpu))
+                    print(f"round {round_number} {scenario} {name}: {rps:.0f} req/s against "
+                          f"{off_rps:.0f} ({rps / off_rps:.3f}), CPU per request "
+                          f"{cpu / off_cpu:.3f}x", flush=True)
+    finally:
+        for proc in procs:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+        subprocess.run(["pkill", "-f", "upstream-nginx"], check=False)
+    print(f"\n{args.rounds} paired round(s) of {args.seconds} s; medians of per-round ratios "
+          "to guards off (range)")
+    print(f"{'TARGET':15}{'SCENARIO':10}{'req/s vs off':>22}{'CPU/request vs off':>24}")
+    for (name, scenario), pairs in ratios.items():
+        speeds = [r for r, _ in pairs]
+        costs = [c for _, c in pairs]
+        print(f"{name:15}{scenario:10}{statistics.median(speeds):8.3f} "
+              f"({min(speeds):.2f}-{max(speeds):.2f}){statistics.median(costs):11.3f} "
+              f"({min(costs):.2f}-{max(costs):.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
