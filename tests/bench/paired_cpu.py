@@ -1,6 +1,6 @@
 """Guards on against guards off, both loaded at once on the same core: the paired measure.
 
-    python3 tests/bench/paired_cpu.py [--redis] [--rounds 5] [--seconds 5]
+    python3 tests/bench/paired_cpu.py [--redis] [--pieces] [--rounds 5] [--seconds 5]
 
 This box's speed swings by up to 2x within minutes, so two figures taken one after the
 other (what the shared harness and `cpu_per_request.py` do) differ by ±20% for the same code.
@@ -8,10 +8,13 @@ Here guards off and one guarded configuration run side by side, both pinned to C
 loaded by its own wrk (64 connections, CPU 1) for the same seconds: the scheduler splits the
 core between them, and a swing of the machine's speed hits both at the same instant. Their
 req/s ratio is then what the guards cost in throughput, and each one's CPU time over its
-requests (user + system, from /proc) what they cost per request. Pairs of the same code
-agree within ~3% (single sequential rounds: ±20%). One pair per guarded configuration and
-scenario per round; medians of the per-round ratios, with their range. The configurations
-are `guards_bench.sh`'s (and `cpu_per_request.py`'s). Not a test: it prints figures.
+requests (user + system, from /proc) what they cost per request. A run's pairs agree within
+~3% (its median moves by up to ~0.04 between runs; single sequential rounds by ±20%). One
+pair per guarded configuration and scenario per round; medians of the per-round ratios,
+with their range. The configurations are `guards_bench.sh`'s (and `cpu_per_request.py`'s).
+`--pieces` adds guards-memory with one piece off at a time (the concurrency cap, the global
+cap, usage accounting; and bearer identity with no limits), to see what each costs. Not a
+test: it prints figures.
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--redis", action="store_true", help="also guards with Redis limits")
+    parser.add_argument("--pieces", action="store_true",
+                        help="also guards-memory with one piece off at a time")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("wrk is missing: apt-get install wrk", file=sys.stderr)
@@ -70,6 +75,15 @@ def main() -> int:
                    f"wrk.body = [[{BODY.read_text().strip()}]]\n")
     configs = {"guards-off": _config('["address"]', "enabled = false\n"),
                "guards-memory": _config('["bearer"]', LIMITS)}
+    if args.pieces:
+        configs.update({
+            "no-concurrency": _config('["bearer"]', LIMITS.replace(
+                "concurrency = 100000000", "concurrency = 0")),
+            "no-global-cap": _config('["bearer"]', LIMITS.replace(
+                'global_cost = "100000000/day"', 'global_cost = ""')),
+            "no-usage": _config('["bearer"]', LIMITS + "usage = false\n"),
+            "bearer-only": _config('["bearer"]', "enabled = false\n"),
+        })
     procs: list[subprocess.Popen[bytes]] = []
     if args.redis:
         redis_port = 18399
