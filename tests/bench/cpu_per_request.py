@@ -82,6 +82,39 @@ def _start(name: str, text: str, work: Path, port: int) -> tuple[subprocess.Pope
     return proxy, token
 
 
+def _services(work: Path, redis: bool, redis_cpu: str = "1"
+              ) -> tuple[Path, dict[str, str], list[subprocess.Popen[bytes]]]:
+    """wrk's submit script, the configurations (guards off, memory limits, Redis limits when
+    asked) and the services they need, started: redis-server and the harness's fake
+    upstream, both on CPU 1 (redis-server on `redis_cpu`). Stop them with `_stop`."""
+    lua = work / "submit.lua"
+    lua.write_text('wrk.method = "POST"\nwrk.headers["content-type"] = "application/json"\n'
+                   f"wrk.body = [[{BODY.read_text().strip()}]]\n")
+    configs = {"guards-off": _config('["address"]', "enabled = false\n"),
+               "guards-memory": _config('["bearer"]', LIMITS)}
+    procs: list[subprocess.Popen[bytes]] = []
+    if redis:
+        redis_port = 18399
+        procs.append(subprocess.Popen(
+            ["taskset", "-c", redis_cpu, "redis-server", "--port", str(redis_port),
+             "--save", "", "--appendonly", "no", "--dir", str(work)],
+            stdout=subprocess.DEVNULL))
+        configs["guards-redis"] = _config(
+            '["bearer"]', LIMITS + f'storage = "redis://127.0.0.1:{redis_port}/0"\n')
+    procs.append(subprocess.Popen(
+        ["taskset", "-c", "1", "bash", str(BENCH / "upstream" / "start.sh")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return lua, configs, procs
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+    subprocess.run(["pkill", "-f", "upstream-nginx"], check=False)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=5)
@@ -95,23 +128,7 @@ def main() -> int:
         print("wrk is missing: apt-get install wrk", file=sys.stderr)
         return 1
     work = Path(tempfile.mkdtemp(prefix="flux-cpu-bench."))
-    lua = work / "submit.lua"
-    lua.write_text('wrk.method = "POST"\nwrk.headers["content-type"] = "application/json"\n'
-                   f"wrk.body = [[{BODY.read_text().strip()}]]\n")
-    configs = {"guards-off": _config('["address"]', "enabled = false\n"),
-               "guards-memory": _config('["bearer"]', LIMITS)}
-    procs: list[subprocess.Popen[bytes]] = []
-    redis_port = 18399
-    if args.redis:
-        procs.append(subprocess.Popen(
-            ["taskset", "-c", args.redis_cpu, "redis-server", "--port", str(redis_port),
-             "--save", "", "--appendonly", "no", "--dir", str(work)],
-            stdout=subprocess.DEVNULL))
-        configs["guards-redis"] = _config(
-            '["bearer"]', LIMITS + f'storage = "redis://127.0.0.1:{redis_port}/0"\n')
-    procs.append(subprocess.Popen(
-        ["taskset", "-c", "1", "bash", str(BENCH / "upstream" / "start.sh")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    lua, configs, procs = _services(work, args.redis, args.redis_cpu)
     # every proxy runs at once (each idle while another is measured), so that rounds can
     # alternate between them: the machine's drift then moves all of them alike
     running: dict[str, tuple[subprocess.Popen[bytes], str, int]] = {}
@@ -132,11 +149,7 @@ def main() -> int:
                     figures.setdefault((name, scenario), []).append(
                         (rps, cpu / max(served, 1) * 1e6))
     finally:
-        for proc in procs:
-            proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
-        subprocess.run(["pkill", "-f", "upstream-nginx"], check=False)
+        _stop(procs)
     print(f"\n{args.rounds} round(s) of {args.seconds} s, medians; ratios are the median of each "
           "round's ratio to guards-off")
     print(f"{'TARGET':15}{'SCENARIO':10}{'REQ/S':>8}{'CPU us/req':>12}"

@@ -20,42 +20,38 @@ test: it prints figures.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from tests.bench.cpu_per_request import (  # noqa: E402
-    BENCH,
-    BODY,
     LIMITS,
     STATUS,
     SUBMIT,
     _config,
+    _cpu_seconds,
+    _services,
     _start,
+    _stop,
     _wrk,
 )
-
-
-def _cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # user + system, in clock ticks
 
 
 def _load(proc: subprocess.Popen[bytes], token: str, port: int, target: str,
           script: Path | None, seconds: int, out: dict[str, tuple[float, float]], name: str
           ) -> None:
     _wrk(1, target, token, script, port)  # warm-up
-    ticks = _cpu_ticks(proc.pid)
+    cpu = _cpu_seconds(proc.pid)  # user + system
     rps, served = _wrk(seconds, target, token, script, port)
-    out[name] = (rps, (_cpu_ticks(proc.pid) - ticks) / max(served, 1))
+    out[name] = (rps, (_cpu_seconds(proc.pid) - cpu) / max(served, 1))
 
 
 def main() -> int:
@@ -70,11 +66,8 @@ def main() -> int:
         print("wrk is missing: apt-get install wrk", file=sys.stderr)
         return 1
     work = Path(tempfile.mkdtemp(prefix="flux-paired-bench."))
-    lua = work / "submit.lua"
-    lua.write_text('wrk.method = "POST"\nwrk.headers["content-type"] = "application/json"\n'
-                   f"wrk.body = [[{BODY.read_text().strip()}]]\n")
-    configs = {"guards-off": _config('["address"]', "enabled = false\n"),
-               "guards-memory": _config('["bearer"]', LIMITS)}
+    lua, configs, procs = _services(work, args.redis)
+    redis_config = configs.pop("guards-redis", None)  # (listed after the pieces)
     if args.pieces:
         configs.update({
             "no-concurrency": _config('["bearer"]', LIMITS.replace(
@@ -84,17 +77,8 @@ def main() -> int:
             "no-usage": _config('["bearer"]', LIMITS + "usage = false\n"),
             "bearer-only": _config('["bearer"]', "enabled = false\n"),
         })
-    procs: list[subprocess.Popen[bytes]] = []
-    if args.redis:
-        redis_port = 18399
-        procs.append(subprocess.Popen(
-            ["taskset", "-c", "1", "redis-server", "--port", str(redis_port), "--save", "",
-             "--appendonly", "no", "--dir", str(work)], stdout=subprocess.DEVNULL))
-        configs["guards-redis"] = _config(
-            '["bearer"]', LIMITS + f'storage = "redis://127.0.0.1:{redis_port}/0"\n')
-    procs.append(subprocess.Popen(
-        ["taskset", "-c", "1", "bash", str(BENCH / "upstream" / "start.sh")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    if redis_config is not None:
+        configs["guards-redis"] = redis_config
     running: dict[str, tuple[subprocess.Popen[bytes], str, int]] = {}
     ratios: dict[tuple[str, str], list[tuple[float, float]]] = {}
     try:
@@ -102,7 +86,7 @@ def main() -> int:
             proxy, token = _start(name, text, work, 18160 + index)
             procs.append(proxy)
             running[name] = (proxy, token, 18160 + index)
-        subprocess.run([sys.executable, "-c", "import time; time.sleep(3)"], check=True)
+        time.sleep(3)
         for round_number in range(1, args.rounds + 1):
             for scenario, target, script in (("submit", SUBMIT, lua), ("status", STATUS, None)):
                 for name in list(running)[1:]:
@@ -121,11 +105,7 @@ def main() -> int:
                           f"{off_rps:.0f} ({rps / off_rps:.3f}), CPU per request "
                           f"{cpu / off_cpu:.3f}x", flush=True)
     finally:
-        for proc in procs:
-            proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
-        subprocess.run(["pkill", "-f", "upstream-nginx"], check=False)
+        _stop(procs)
     print(f"\n{args.rounds} paired round(s) of {args.seconds} s; medians of per-round ratios "
           "to guards off (range)")
     print(f"{'TARGET':15}{'SCENARIO':10}{'req/s vs off':>22}{'CPU/request vs off':>24}")
