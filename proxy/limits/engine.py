@@ -44,7 +44,7 @@ class Admission:
                  "slot_refused")
 
     def __init__(self, numbers: tuple[int, ...] = (), at: float = 0.0, raw: Any = None,
-                 build: Callable[[Any], list[Window]] | None = None, slot: str | None = None
+                 build: Callable[[Any], list[Window]] | None = None, slot: str | int | None = None
                  ) -> None:  # (positional: keywords cost ~2.5k instructions per request)
         self.numbers = numbers
         self.at = at  # the clock its hits were counted at: what a refund names
@@ -93,11 +93,11 @@ class Engine(Protocol):
 
     def settle(self, caller: str, refunds: list[Refund], at: float,
                usage: tuple[int, float] | None,
-               slot: tuple[str, str | None] | None) -> Awaitable[None]: ...
+               slot: tuple[str | int, str | None] | None) -> Awaitable[None]: ...
 
     def settle_later(self, caller: str, refunds: list[Refund], at: float,
                      usage: tuple[int, float] | None,
-                     slot: tuple[str, str | None] | None) -> None:
+                     slot: tuple[str | int, str | None] | None) -> None:
         """`settle`, with nobody waiting: the guard's way (the response is out already; a
         failure is logged, and a slot not renamed expires by itself)."""
 
@@ -179,14 +179,15 @@ class LocalEngine:
 
     async def settle(self, caller: str, refunds: list[Refund], at: float,
                      usage: tuple[int, float] | None,
-                     slot: tuple[str, str | None] | None) -> None:
+                     slot: tuple[str | int, str | None] | None) -> None:
         self.settle_now(caller, refunds, at, usage, slot)
 
     def admit_now(self, caller: str, hits: tuple[Step, ...], slot: tuple[str, int] | None
                   ) -> Admission:
         """`admit`, synchronously."""
         return self.admit_shape(caller, tuple(budget for budget, _ in hits),
-                                tuple(amount for _, amount in hits), slot)
+                                tuple(amount for _, amount in hits),
+                                *(slot if slot is not None else (None, 0)))
 
     def _book(self, caller: str, shape: tuple[Budget, ...]) -> _Book:
         """The caller's windows of `shape`'s budgets, made if new, remembered (bounded; the
@@ -206,11 +207,12 @@ class LocalEngine:
         return book
 
     def admit_shape(self, caller: str, shape: tuple[Budget, ...], amounts: tuple[int, ...],
-                    slot: tuple[str, int] | None) -> Admission:
-        """`admit` of hits on `shape`'s budgets with `amounts` (one each), synchronously:
-        the guard's way, with `shape` fixed per policy, so that a known caller's windows are
-        one lookup (found budget by budget, a submit's three cost ~5k instructions more).
-        Each window is hit as it is checked; a refusal takes the earlier hits back."""
+                    member: str | int | None, slot_limit: int) -> Admission:
+        """`admit` of hits on `shape`'s budgets with `amounts` (one each), and of a slot
+        `member` under `slot_limit` (None: no slot), synchronously: the guard's way, with `shape`
+        fixed per policy, so that a known caller's windows are one lookup (found budget by
+        budget, a submit's three cost ~5k instructions more). Each window is hit as it is
+        checked; a refusal takes the earlier hits back."""
         book = self._books.get((caller, shape))
         if book is None:
             book = self._book(caller, shape)
@@ -230,12 +232,12 @@ class LocalEngine:
             if scale:
                 numbers += (remaining // scale, _ceil(reset))
         out = Admission(tuple(numbers), now, (book[1], states), _states)
-        if slot is not None:
-            ok, in_flight, expires = self._slots.take(caller, slot[0], slot[1])
-            if not ok:
+        if member is not None:
+            full = self._slots.take(caller, member, slot_limit)
+            if full is not None:
                 self._take_back(entries, amounts, now)
-                return Admission.no_slot(in_flight, expires, now)
-            out.slot = slot[0]
+                return Admission.no_slot(*full, now)
+            out.slot = member
         return out
 
     @staticmethod
@@ -245,7 +247,7 @@ class LocalEngine:
 
     def settle_now(self, caller: str, refunds: list[Refund], at: float,
                    usage: tuple[int, float] | None,
-                   slot: tuple[str, str | None] | None) -> None:
+                   slot: tuple[str | int, str | None] | None) -> None:
         for state, amount in refunds:
             window = self._windows(state.budget, caller)[state.index]
             window.refund(state.turn, at, amount)

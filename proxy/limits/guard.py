@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -27,7 +28,7 @@ from typing import Any
 from ..context import Outcome, ProxyRequest
 from ..errors import ProxyError
 from ..target import Operation, Target
-from .budgets import Budget, HeaderPlan, header_plan, make_budget, refusal
+from .budgets import COST_SCALE, Budget, HeaderPlan, header_plan, make_budget, refusal
 from .cost import CostFunction, parse_input, requested_images, resolve_cost_function
 from .engine import Admission, LocalEngine, Refund, Step
 from .settings import EndpointLimits, LimitsSettings
@@ -44,6 +45,7 @@ UsageHook = Callable[[ProxyRequest, int, float], None]  # (request, images, cost
 
 _NO_REFUNDS: list[Refund] = []  # (shared, never changed)
 _ONE = (1,)  # a polling call's amount
+_ceil = math.ceil
 
 
 def _ignore_refusal(budget: str, reason: str) -> None:
@@ -81,8 +83,9 @@ class _Charge:
     caller: str
     cost: float
     data: Any  # the parsed input (its image count is read once it succeeded)
-    costs: list[Step]  # the cost budgets hit, refunded if the upstream does not accept it
-    slot: str | None = None
+    policy: Policy
+    units: int  # what each of the policy's cost budgets was hit with (refunded if not accepted)
+    slot: str | int | None = None  # the concurrency slot's member (in memory, a number)
     request_id: str | None = None
     admitted: Admission | None = None  # where the hits went (what a refund names)
 
@@ -183,29 +186,27 @@ class LimitsGuard:
                        ) -> Awaitable[None] | None:
         data = request.json if request.json is not None else parse_input(request.body)
         cost = float(policy.cost_function(data))
-        costs: list[Step] = []
-        charge = _Charge(caller, cost, data, costs)
-        if exempt:
-            self._billed(request, charge, None)
-            return None
         cost_budgets = policy.cost_budgets
-        units = 0
-        if cost_budgets:
-            units = cost_budgets[0].units(cost)  # the same for all: they count COST_SCALE
-            for budget in cost_budgets:
-                costs.append((budget, units))
-        slot = (f"pending:{self._slot_prefix}{next(self._slot_numbers)}",
-                policy.concurrency) if policy.concurrency > 0 else None
-        if not (policy.billed_shape or slot):
+        # (Budget.units, inline: cost budgets all count COST_SCALE)
+        units = max(1, _ceil(cost * COST_SCALE - 1e-9)) if cost_budgets else 0
+        charge = _Charge(caller, cost, data, policy, units)
+        limit = policy.concurrency
+        if exempt or not (policy.billed_shape or limit > 0):
             self._billed(request, charge, None)
             return None
         local = self._local
         if local is None:
-            return self._charge_billed_remote(request, charge, (*costs, *policy.submit_hits),
-                                              slot, policy.billed_headers)
-        amounts = (units,) * len(cost_budgets) + policy.submit_amounts
-        admitted = local.admit_shape(caller, policy.billed_shape, amounts, slot)
-        self._billed(request, charge, self._judged(admitted, slot), policy.billed_headers)
+            slot = (f"pending:{self._slot_prefix}{next(self._slot_numbers)}", limit
+                    ) if limit > 0 else None
+            hits = (*((budget, units) for budget in cost_budgets), *policy.submit_hits)
+            return self._charge_billed_remote(request, charge, hits, slot, policy.billed_headers)
+        # In memory a pending slot is a number: unique in this process, nothing to format.
+        admitted = local.admit_shape(
+            caller, policy.billed_shape, (units,) * len(cost_budgets) + policy.submit_amounts,
+            next(self._slot_numbers) if limit > 0 else None, limit)
+        if admitted.refused is not None or admitted.slot_refused is not None:
+            self._judged(admitted, limit)
+        self._billed(request, charge, admitted, policy.billed_headers)
         return None
 
     async def _charge_billed_remote(self, request: ProxyRequest, charge: _Charge,
@@ -220,7 +221,7 @@ class LimitsGuard:
             self._unavailable(hits, slot, exc)
             admitted = None
         else:
-            self._judged(admitted, slot)
+            self._judged(admitted, slot[1] if slot else 0)
         self._billed(request, charge, admitted, plan)
 
     def _billed(self, request: ProxyRequest, charge: _Charge, admitted: Admission | None,
@@ -247,7 +248,7 @@ class LimitsGuard:
             if local is None:
                 return self._charge_polling_remote(request, caller, hits, plan)
             admitted = self._judged(
-                local.admit_shape(caller, policy.polling_shape, _ONE, None), None)
+                local.admit_shape(caller, policy.polling_shape, _ONE, None, 0), 0)
             if plan is not None:
                 request.response_headers += plan.headers(admitted.numbers)
         if not exempt:
@@ -264,7 +265,7 @@ class LimitsGuard:
             self._unavailable(hits, None, exc)
             admitted = None
         else:
-            self._judged(admitted, None)
+            self._judged(admitted, 0)
         if admitted is not None and plan is not None:
             request.response_headers += plan.headers(admitted.numbers)
         self._follow_job(request, caller)
@@ -282,14 +283,13 @@ class LimitsGuard:
 
     # -- admission (guarded by each budget's fail mode) ------------------------------------
 
-    def _judged(self, admitted: Admission, slot: tuple[str, int] | None) -> Admission:
-        """`admitted`, or the 429 for the budget that refused."""
+    def _judged(self, admitted: Admission, limit: int) -> Admission:
+        """`admitted`, or the 429 for the budget that refused (`limit`: the concurrency
+        limit, when a slot was asked for)."""
         if admitted.refused is not None:
             self._on_refusal(admitted.refused.budget.name, "exceeded")
             raise refusal(admitted.refused)
         if admitted.slot_refused is not None:
-            assert slot is not None
-            limit = slot[1]
             in_flight, expires = admitted.slot_refused
             self._on_refusal("concurrency", "exceeded")
             raise ProxyError(
@@ -353,10 +353,10 @@ class LimitsGuard:
             self._on_usage(request, images, charge.cost)
             if self._usage:
                 usage = (images, charge.cost)
-        elif admitted is not None and charge.costs:  # the cost was hit: take it back
-            refunds = [(window, amount) for budget, amount in charge.costs
+        elif admitted is not None and charge.units:  # the cost was hit: take it back
+            refunds = [(window, charge.units) for budget in charge.policy.cost_budgets
                        for window in admitted.windows if window.budget is budget]
-        slot: tuple[str, str | None] | None = None
+        slot: tuple[str | int, str | None] | None = None
         member = charge.slot
         if member is not None:
             if not accepted or request.target.operation is not Operation.SUBMIT:

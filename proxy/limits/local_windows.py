@@ -31,11 +31,12 @@ __all__ = ["LocalWindow", "LocalWindows", "MovingLog", "SlidingCounter"]
 class SlidingCounter:
     """`limits`' sliding-window counter for one key."""
 
-    __slots__ = ("current", "expiry", "previous", "turn")
+    __slots__ = ("current", "end", "expiry", "previous", "turn")
 
     def __init__(self, expiry: int) -> None:
         self.expiry = expiry
         self.turn = -2  # which fixed window `current` counts (now // expiry); refunds name it
+        self.end = -1.0  # when that fixed window ends ((turn + 1) * expiry)
         self.current = 0
         self.previous = 0
 
@@ -44,13 +45,16 @@ class SlidingCounter:
         verdict, what remains and the seconds until more frees up (`limits`' window stats:
         a test reports the state before, a hit the state after)."""
         expiry = self.expiry
-        position = now / expiry
-        turn = int(position)
-        if turn != self.turn:  # a new fixed window: the current count becomes previous
-            self.previous = self.current if turn == self.turn + 1 else 0
-            self.current = 0
-            self.turn = turn
-        left = (1 - position % 1) * expiry  # TTL of the previous count; the current's + expiry
+        left = self.end - now  # TTL of the previous count; the current's + expiry
+        if not 0 < left <= expiry:  # a new fixed window: the current count becomes previous
+            position = now / expiry
+            turn = int(position)
+            if turn != self.turn:
+                self.previous = self.current if turn == self.turn + 1 else 0
+                self.current = 0
+                self.turn = turn
+                self.end = (turn + 1) * expiry
+            left = (1 - position % 1) * expiry
         previous = self.previous
         current = self.current
         # the weighted count, floored (int() floors what is never negative)

@@ -553,17 +553,17 @@ class RedisEngine:
 
     def settle(self, caller: str, refunds: list[Refund], at: float,
                usage: tuple[int, float] | None,
-               slot: tuple[str, str | None] | None) -> asyncio.Future[None]:
+               slot: tuple[str | int, str | None] | None) -> asyncio.Future[None]:
         return self._settle(*self._settlement(caller, refunds, at, usage, slot), _ignore)
 
     def settle_later(self, caller: str, refunds: list[Refund], at: float,
                      usage: tuple[int, float] | None,
-                     slot: tuple[str, str | None] | None) -> None:
+                     slot: tuple[str | int, str | None] | None) -> None:
         self._settle.send(*self._settlement(caller, refunds, at, usage, slot))
 
     def _settlement(self, caller: str, refunds: list[Refund], at: float,
                     usage: tuple[int, float] | None,
-                    slot: tuple[str, str | None] | None) -> tuple[bytes, int, bytes, int]:
+                    slot: tuple[str | int, str | None] | None) -> tuple[bytes, int, bytes, int]:
         """The settle script's keys and arguments (see _SETTLE), packed."""
         day = today()
         old, new = slot if slot is not None else ("", None)
@@ -591,7 +591,8 @@ class RedisEngine:
         head = b"%d 4" % key_count
         line = (f"{int(at * 1e6)} {1 if usage else 0} {images} {self._cost_text(cost)} "
                 f"{self._usage_ttl} {op} {self._slot_expiry} {''.join(spec)}").encode()
-        who, was, becomes = caller.encode(), old.encode(), (new or "").encode()
+        who, becomes = caller.encode(), (new or "").encode()
+        was = old.encode() if type(old) is str else str(old).encode()  # (the guard's: str)
         args = _FIVE_BULKS % (len(head), head, len(line), line, len(who), who, len(was), was,
                               len(becomes), becomes)  # (one format: each call costs ~1k)
         return b"".join(keys), key_count, args, 5

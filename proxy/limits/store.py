@@ -81,7 +81,7 @@ class MemorySlots:
 
     def __init__(self, expiry: float) -> None:
         self._expiry = expiry
-        self._slots: dict[str, dict[str, float]] = defaultdict(dict)
+        self._slots: dict[str, dict[str | int, float]] = defaultdict(dict)
         self._acquired = 0
 
     def _sweep(self) -> None:
@@ -91,7 +91,7 @@ class MemorySlots:
             if not self._live(caller):
                 del self._slots[caller]
 
-    def _live(self, caller: str) -> dict[str, float]:
+    def _live(self, caller: str) -> dict[str | int, float]:
         # Every slot gets the same lifetime and renames re-insert, so insertion order is
         # expiry order: drop from the front until the first live one.
         slots = self._slots[caller]
@@ -103,7 +103,10 @@ class MemorySlots:
             del slots[member]
         return slots
 
-    def take(self, caller: str, member: str, limit: int) -> tuple[bool, int, float]:
+    def take(self, caller: str, member: str | int, limit: int) -> tuple[int, float] | None:
+        """Reserves a slot named `member` (a string, or in the memory engine a number: no
+        name to format per request). None when taken; when `limit` is reached, (in flight,
+        seconds until the oldest slot expires)."""
         self._acquired += 1
         if self._acquired % 1024 == 0:
             self._sweep()
@@ -115,11 +118,11 @@ class MemorySlots:
                 break
             del slots[oldest]
         if limit and len(slots) >= limit:
-            return False, len(slots), next(iter(slots.values())) - now
+            return len(slots), next(iter(slots.values())) - now
         slots[member] = now + self._expiry
-        return True, len(slots), self._expiry
+        return None
 
-    def move(self, caller: str, old: str, new: str) -> None:
+    def move(self, caller: str, old: str | int, new: str) -> None:
         slots = self._slots.get(caller)
         if not slots:
             return
@@ -129,7 +132,7 @@ class MemorySlots:
             if until > now:  # (an expired slot stays gone)
                 slots[new] = now + self._expiry
 
-    def drop(self, caller: str, member: str) -> bool:
+    def drop(self, caller: str, member: str | int) -> bool:
         slots = self._slots.get(caller)
         if not slots or slots.pop(member, None) is None:
             return False
@@ -138,7 +141,10 @@ class MemorySlots:
         return True
 
     async def acquire(self, caller: str, member: str, limit: int) -> tuple[bool, int, float]:
-        return self.take(caller, member, limit)
+        full = self.take(caller, member, limit)
+        if full is not None:
+            return False, *full
+        return True, len(self._slots[caller]), self._expiry
 
     async def rename(self, caller: str, old: str, new: str) -> None:
         self.move(caller, old, new)
