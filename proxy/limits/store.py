@@ -111,15 +111,13 @@ class MemorySlots:
         if self._acquired % 1024 == 0:
             self._sweep()
         slots = self._slots[caller]
-        now = time.monotonic()
-        while slots:  # (`_live`, inline: one clock reading)
-            oldest, until = next(iter(slots.items()))
-            if until > now:
-                break
-            del slots[oldest]
         if limit and len(slots) >= limit:
-            return len(slots), next(iter(slots.values())) - now
-        slots[member] = now + self._expiry
+            # Expired slots are dropped here, where they could change the answer (and by
+            # the sweep): below the limit they cannot, so a take is one insertion.
+            slots = self._live(caller)
+            if len(slots) >= limit:
+                return len(slots), next(iter(slots.values())) - time.monotonic()
+        slots[member] = time.monotonic() + self._expiry
         return None
 
     def move(self, caller: str, old: str | int, new: str) -> None:
@@ -144,7 +142,7 @@ class MemorySlots:
         full = self.take(caller, member, limit)
         if full is not None:
             return False, *full
-        return True, len(self._slots[caller]), self._expiry
+        return True, len(self._live(caller)), self._expiry
 
     async def rename(self, caller: str, old: str, new: str) -> None:
         self.move(caller, old, new)
