@@ -46,9 +46,15 @@ def _config(resolvers: str, limits: str) -> str:
             f'secrets = ["{SECRET}"]\n[policy]\nownership = false\n[limits]\n{limits}')
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_times(pid: int) -> tuple[float, float]:
+    """A process's user and system CPU seconds so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def _cpu_seconds(pid: int) -> float:
+    return sum(_cpu_times(pid))
 
 
 def _wrk(seconds: int, target: str, token: str, lua: Path | None, port: int

@@ -8,7 +8,9 @@ Here guards off and one guarded configuration run side by side, both pinned to C
 loaded by its own wrk (64 connections, CPU 1) for the same seconds: the scheduler splits the
 core between them, and a swing of the machine's speed hits both at the same instant. Their
 req/s ratio is then what the guards cost in throughput, and each one's CPU time over its
-requests (user + system, from /proc) what they cost per request. A run's pairs agree within
+requests (user + system, from /proc, also shown apart) what they cost per request: user time
+is the proxy's own code, system time its socket calls (the kernel's loopback work, waking
+the peer it writes to included). A run's pairs agree within
 ~3% (its median moves by up to ~0.04 between runs; single sequential rounds by ±20%). One
 pair per guarded configuration and scenario per round; medians of the per-round ratios,
 with their range. The configurations are `guards_bench.sh`'s (and `cpu_per_request.py`'s).
@@ -37,7 +39,7 @@ from tests.bench.cpu_per_request import (  # noqa: E402
     STATUS,
     SUBMIT,
     _config,
-    _cpu_seconds,
+    _cpu_times,
     _services,
     _start,
     _stop,
@@ -46,12 +48,15 @@ from tests.bench.cpu_per_request import (  # noqa: E402
 
 
 def _load(proc: subprocess.Popen[bytes], token: str, port: int, target: str,
-          script: Path | None, seconds: int, out: dict[str, tuple[float, float]], name: str
-          ) -> None:
+          script: Path | None, seconds: int, out: dict[str, tuple[float, float, float]],
+          name: str) -> None:
+    """Loads one proxy: its req/s and its user and system CPU seconds per request."""
     _wrk(1, target, token, script, port)  # warm-up
-    cpu = _cpu_seconds(proc.pid)  # user + system
+    user, system = _cpu_times(proc.pid)
     rps, served = _wrk(seconds, target, token, script, port)
-    out[name] = (rps, (_cpu_seconds(proc.pid) - cpu) / max(served, 1))
+    user_after, system_after = _cpu_times(proc.pid)
+    served = max(served, 1)
+    out[name] = (rps, (user_after - user) / served, (system_after - system) / served)
 
 
 def main() -> int:
@@ -80,7 +85,8 @@ def main() -> int:
     if redis_config is not None:
         configs["guards-redis"] = redis_config
     running: dict[str, tuple[subprocess.Popen[bytes], str, int]] = {}
-    ratios: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    # per round: req/s, CPU, user CPU and system CPU per request, each against guards off
+    ratios: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
     try:
         for index, (name, text) in enumerate(configs.items()):
             proxy, token = _start(name, text, work, 18160 + index)
@@ -90,7 +96,7 @@ def main() -> int:
         for round_number in range(1, args.rounds + 1):
             for scenario, target, script in (("submit", SUBMIT, lua), ("status", STATUS, None)):
                 for name in list(running)[1:]:
-                    out: dict[str, tuple[float, float]] = {}
+                    out: dict[str, tuple[float, float, float]] = {}
                     loads = [threading.Thread(target=_load, args=(
                         *running[who], target, script, args.seconds, out, who))
                         for who in ("guards-off", name)]
@@ -98,23 +104,29 @@ def main() -> int:
                         load.start()
                     for load in loads:
                         load.join()
-                    (rps, cpu), (off_rps, off_cpu) = out[name], out["guards-off"]
+                    (rps, user, system), (off_rps, off_user, off_system) = (
+                        out[name], out["guards-off"])
+                    cpu = (user + system) / (off_user + off_system)
                     ratios.setdefault((name, scenario), []).append(
-                        (rps / off_rps, cpu / off_cpu))
+                        (rps / off_rps, cpu, user / off_user, system / off_system))
                     print(f"round {round_number} {scenario} {name}: {rps:.0f} req/s against "
-                          f"{off_rps:.0f} ({rps / off_rps:.3f}), CPU per request "
-                          f"{cpu / off_cpu:.3f}x", flush=True)
+                          f"{off_rps:.0f} ({rps / off_rps:.3f}), CPU per request {cpu:.3f}x "
+                          f"(user {user * 1e6:.0f} µs against {off_user * 1e6:.0f}, system "
+                          f"{system * 1e6:.0f} against {off_system * 1e6:.0f})", flush=True)
     finally:
         _stop(procs)
     print(f"\n{args.rounds} paired round(s) of {args.seconds} s; medians of per-round ratios "
           "to guards off (range)")
-    print(f"{'TARGET':15}{'SCENARIO':10}{'req/s vs off':>22}{'CPU/request vs off':>24}")
-    for (name, scenario), pairs in ratios.items():
-        speeds = [r for r, _ in pairs]
-        costs = [c for _, c in pairs]
+    print(f"{'TARGET':15}{'SCENARIO':10}{'req/s vs off':>22}{'CPU/request vs off':>24}"
+          f"{'user':>8}{'system':>8}")
+    for (name, scenario), rows in ratios.items():
+        speeds = [row[0] for row in rows]
+        costs = [row[1] for row in rows]
         print(f"{name:15}{scenario:10}{statistics.median(speeds):8.3f} "
               f"({min(speeds):.2f}-{max(speeds):.2f}){statistics.median(costs):11.3f} "
-              f"({min(costs):.2f}-{max(costs):.2f})")
+              f"({min(costs):.2f}-{max(costs):.2f})"
+              f"{statistics.median(row[2] for row in rows):8.3f}"
+              f"{statistics.median(row[3] for row in rows):8.3f}")
     return 0
 
 
