@@ -44,10 +44,6 @@ class Budget:
     def key(self, caller: str) -> tuple[str, str, str]:
         return (self.name, self.scope, caller if self.per_caller else "*")
 
-    def units(self, cost: float) -> int:
-        """The integer amount `limits` is charged for `cost` (never 0 for a real request)."""
-        return max(1, math.ceil(cost * self.scale - 1e-9)) if self.scale > 1 else max(1, int(cost))
-
 
 @dataclass(slots=True)  # not frozen: built several times per request, and frozen inits are slow
 class Window:

@@ -187,7 +187,8 @@ class LimitsGuard:
         data = request.json if request.json is not None else parse_input(request.body)
         cost = float(policy.cost_function(data))
         cost_budgets = policy.cost_budgets
-        # (Budget.units, inline: cost budgets all count COST_SCALE)
+        # What each cost budget is hit with: hundredths of a unit (COST_SCALE), rounded up,
+        # and never 0 for a real request
         units = max(1, _ceil(cost * COST_SCALE - 1e-9)) if cost_budgets else 0
         charge = _Charge(caller, cost, data, policy, units)
         limit = policy.concurrency
