@@ -108,7 +108,8 @@ def main() -> int:
                         out[name], out["guards-off"])
                     cpu = (user + system) / (off_user + off_system)
                     ratios.setdefault((name, scenario), []).append(
-                        (rps / off_rps, cpu, user / off_user, system / off_system))
+                        (rps / off_rps, cpu, user / (off_user or 1e-9),
+                         system / (off_system or 1e-9)))  # (CPU is counted in ticks)
                     print(f"round {round_number} {scenario} {name}: {rps:.0f} req/s against "
                           f"{off_rps:.0f} ({rps / off_rps:.3f}), CPU per request {cpu:.3f}x "
                           f"(user {user * 1e6:.0f} µs against {off_user * 1e6:.0f}, system "
