@@ -208,9 +208,7 @@ class LimitsGuard:
         admitted = local.admit_shape(
             caller, policy.billed_shape, (units,) * len(cost_budgets) + policy.submit_amounts,
             next(self._slot_numbers) if limit > 0 else None, limit)
-        if admitted.refused is not None or admitted.slot_refused is not None:
-            self._judged(admitted, limit)
-        self._billed(request, charge, admitted, policy.billed_headers)
+        self._billed(request, charge, self._judged(admitted, limit), policy.billed_headers)
         return None
 
     async def _charge_billed_remote(self, request: ProxyRequest, charge: _Charge,
