@@ -72,6 +72,38 @@ def _wrk(seconds: int, target: str, token: str, lua: Path | None, port: int
     return (float(rps.group(1)) if rps else 0.0), (int(count.group(1)) if count else 0)
 
 
+def _wrk_missing() -> bool:
+    if shutil.which("wrk"):
+        return False
+    print("wrk is missing: apt-get install wrk", file=sys.stderr)
+    return True
+
+
+def _measure(proc: subprocess.Popen[bytes], token: str, port: int, target: str,
+             script: Path | None, seconds: int) -> tuple[float, float, float]:
+    """One proxy under load for `seconds` (after a 1 s warm-up): its req/s, and its user and
+    system CPU seconds per request served."""
+    _wrk(1, target, token, script, port)
+    user, system = _cpu_times(proc.pid)
+    rps, served = _wrk(seconds, target, token, script, port)
+    user_after, system_after = _cpu_times(proc.pid)
+    served = max(served, 1)
+    return rps, (user_after - user) / served, (system_after - system) / served
+
+
+def _start_all(configs: dict[str, str], work: Path, first_port: int,
+               procs: list[subprocess.Popen[bytes]]
+               ) -> dict[str, tuple[subprocess.Popen[bytes], str, int]]:
+    """A proxy per configuration, on consecutive ports, each added to `procs` (for `_stop`):
+    by name, the process, its bearer token and its port."""
+    running: dict[str, tuple[subprocess.Popen[bytes], str, int]] = {}
+    for index, (name, text) in enumerate(configs.items()):
+        proxy, token = _start(name, text, work, first_port + index)
+        procs.append(proxy)
+        running[name] = (proxy, token, first_port + index)
+    return running
+
+
 def _start(name: str, text: str, work: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
     cfg = work / f"{name}.toml"
     cfg.write_text(text)
@@ -130,30 +162,22 @@ def main() -> int:
     parser.add_argument("--redis-cpu", default="1",
                         help="the CPU redis-server runs on (0: the proxy's)")
     args = parser.parse_args()
-    if not shutil.which("wrk"):
-        print("wrk is missing: apt-get install wrk", file=sys.stderr)
+    if _wrk_missing():
         return 1
     work = Path(tempfile.mkdtemp(prefix="flux-cpu-bench."))
     lua, configs, procs = _services(work, args.redis, args.redis_cpu)
     # every proxy runs at once (each idle while another is measured), so that rounds can
     # alternate between them: the machine's drift then moves all of them alike
-    running: dict[str, tuple[subprocess.Popen[bytes], str, int]] = {}
     figures: dict[tuple[str, str], list[tuple[float, float]]] = {}
     try:
-        for index, (name, text) in enumerate(configs.items()):
-            proxy, token = _start(name, text, work, 18150 + index)
-            procs.append(proxy)
-            running[name] = (proxy, token, 18150 + index)
+        running = _start_all(configs, work, 18150, procs)
         time.sleep(2.5)
         for _ in range(args.rounds):
             for scenario, target, script in (("submit", SUBMIT, lua), ("status", STATUS, None)):
-                for name, (proxy, token, port) in running.items():
-                    _wrk(1, target, token, script, port)  # warm-up
-                    cpu0 = _cpu_seconds(proxy.pid)
-                    rps, served = _wrk(args.seconds, target, token, script, port)
-                    cpu = _cpu_seconds(proxy.pid) - cpu0
+                for name, started in running.items():
+                    rps, user, system = _measure(*started, target, script, args.seconds)
                     figures.setdefault((name, scenario), []).append(
-                        (rps, cpu / max(served, 1) * 1e6))
+                        (rps, (user + system) * 1e6))
     finally:
         _stop(procs)
     print(f"\n{args.rounds} round(s) of {args.seconds} s, medians; ratios are the median of each "

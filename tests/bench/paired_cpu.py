@@ -22,7 +22,6 @@ test: it prints figures.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import subprocess
 import sys
@@ -39,24 +38,19 @@ from tests.bench.cpu_per_request import (  # noqa: E402
     STATUS,
     SUBMIT,
     _config,
-    _cpu_times,
+    _measure,
     _services,
-    _start,
+    _start_all,
     _stop,
-    _wrk,
+    _wrk_missing,
 )
 
 
 def _load(proc: subprocess.Popen[bytes], token: str, port: int, target: str,
           script: Path | None, seconds: int, out: dict[str, tuple[float, float, float]],
           name: str) -> None:
-    """Loads one proxy: its req/s and its user and system CPU seconds per request."""
-    _wrk(1, target, token, script, port)  # warm-up
-    user, system = _cpu_times(proc.pid)
-    rps, served = _wrk(seconds, target, token, script, port)
-    user_after, system_after = _cpu_times(proc.pid)
-    served = max(served, 1)
-    out[name] = (rps, (user_after - user) / served, (system_after - system) / served)
+    """`_measure` in a thread: its figures go into `out[name]`."""
+    out[name] = _measure(proc, token, port, target, script, seconds)
 
 
 def main() -> int:
@@ -67,8 +61,7 @@ def main() -> int:
     parser.add_argument("--pieces", action="store_true",
                         help="also guards-memory with one piece off at a time")
     args = parser.parse_args()
-    if not shutil.which("wrk"):
-        print("wrk is missing: apt-get install wrk", file=sys.stderr)
+    if _wrk_missing():
         return 1
     work = Path(tempfile.mkdtemp(prefix="flux-paired-bench."))
     lua, configs, procs = _services(work, args.redis)
@@ -84,14 +77,10 @@ def main() -> int:
         })
     if redis_config is not None:
         configs["guards-redis"] = redis_config
-    running: dict[str, tuple[subprocess.Popen[bytes], str, int]] = {}
     # per round: req/s, CPU, user CPU and system CPU per request, each against guards off
     ratios: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
     try:
-        for index, (name, text) in enumerate(configs.items()):
-            proxy, token = _start(name, text, work, 18160 + index)
-            procs.append(proxy)
-            running[name] = (proxy, token, 18160 + index)
+        running = _start_all(configs, work, 18160, procs)
         time.sleep(3)
         for round_number in range(1, args.rounds + 1):
             for scenario, target, script in (("submit", SUBMIT, lua), ("status", STATUS, None)):

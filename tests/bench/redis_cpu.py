@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import socket
 import subprocess
 import sys
@@ -31,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from proxy.limits import redis_engine, resp  # noqa: E402
 from tests.bench import stage_times  # noqa: E402
+from tests.bench.cpu_per_request import _cpu_seconds  # noqa: E402
 from tests.fakes.redis_server import RedisServer  # noqa: E402
 
 CALLERS, PER_ROUND, ROUNDS = 64, 20, 2
@@ -55,11 +55,6 @@ def _record(scenario: str, redis_url: str) -> list[bytes]:
     finally:
         resp.RedisLink.send = send  # type: ignore[method-assign]
     return recorded
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _replay(redis: RedisServer, commands: list[bytes], reps: int) -> float:
