@@ -153,3 +153,31 @@ def test_the_engines_remembered_windows_follow_the_sweep(sliding: bool) -> None:
     assert [w.remaining for w in again.windows] == [3, 2]
     engine.settle_now("a", [(again.windows[0], 2)], again.at, None, None)  # a refund
     assert [w.remaining for w in engine.admit_now("a", hits, None).windows] == [3, 1]
+
+
+async def test_memory_usage_counts_per_day_and_forgets_days_past_retention(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In memory, usage is kept per caller and UTC day; a new day starts its own rows, and
+    days past the retention period are dropped (the Redis keys expire likewise)."""
+    from proxy.limits import store
+
+    day = 20_000 * 86400.0  # a midnight, UTC
+    now = [day + 86400 - 1.0]  # the last second of that day
+    monkeypatch.setattr(store, "time", SimpleNamespace(time=lambda: now[0]))
+    usage = MemoryUsage(1)  # today and yesterday are kept
+    usage.add("a", 1, 0.5)
+    usage.add("a", 2, 0.25)
+    usage.add("b", 4, 1.0)
+    first = store.today(day)
+    now[0] = day + 86400  # midnight: the next day
+    usage.add("a", 1, 1.0)
+    second = store.today(now[0])
+    rows = await usage.read([first, second])
+    assert [(u.day, u.caller, u.requests, u.images, u.cost) for u in rows] == [
+        (first, "a", 2, 3, 0.75), (first, "b", 1, 4, 1.0), (second, "a", 1, 1, 1.0)]
+    now[0] = day + 2 * 86400 + 5  # two days on: the first is past the retention period
+    usage.add("b", 1, 0.5)
+    third = store.today(now[0])
+    rows = await usage.read([first, second, third])
+    assert [(u.day, u.caller, u.requests) for u in rows] == [(second, "a", 1), (third, "b", 1)]

@@ -85,9 +85,8 @@ class _Charge:
     data: Any  # the parsed input (its image count is read once it succeeded)
     policy: Policy
     units: int  # what each of the policy's cost budgets was hit with (refunded if not accepted)
-    slot: str | int | None = None  # the concurrency slot's member (in memory, a number)
-    request_id: str | None = None
-    admitted: Admission | None = None  # where the hits went (what a refund names)
+    admitted: Admission | None = None  # where the hits went (what a refund names), its slot
+    request_id: str | None = None  # fal's id of the job, when the slot follows it
 
 
 class LimitsGuard:
@@ -229,17 +228,16 @@ class LimitsGuard:
     def _billed(self, request: ProxyRequest, charge: _Charge, admitted: Admission | None,
                 plan: HeaderPlan | None = None) -> None:
         """An admitted billed request: headers, and what settles it."""
+        request.notes["limits"] = charge
+        request.settle_hooks.append(self._settle_billed)
         if admitted is not None:
-            charge.slot = admitted.slot
             charge.admitted = admitted
             if plan is not None:
                 request.response_headers += plan.headers(admitted.numbers)
-        request.notes["limits"] = charge
-        request.settle_hooks.append(self._settle_billed)
-        if charge.slot is not None and request.target.operation is Operation.SUBMIT:
-            # The slot follows the job: learn its id. First in line, so it sees fal's own id
-            # before any filter rewrites it.
-            request.response_filters.insert(0, self._capture_request_id)
+            if admitted.slot is not None and request.target.operation is Operation.SUBMIT:
+                # The slot follows the job: learn its id. First in line, so it sees fal's
+                # own id before any filter rewrites it.
+                request.response_filters.insert(0, self._capture_request_id)
 
     def _charge_polling(self, request: ProxyRequest, caller: str, policy: Policy, exempt: bool
                         ) -> Awaitable[None] | None:
@@ -345,29 +343,37 @@ class LimitsGuard:
 
     def _settle_billed(self, request: ProxyRequest, outcome: Outcome) -> None:
         charge: _Charge = request.notes["limits"]
-        up = outcome.upstream_status
-        accepted = up is not None and 200 <= up < 300
-        refunds: list[Refund] = _NO_REFUNDS
-        usage = None
         admitted = charge.admitted
-        if accepted:
+        up = outcome.upstream_status
+        slot: tuple[str | int, str | None] | None = None
+        if up is not None and 200 <= up < 300:  # accepted: it is used, and a job keeps its slot
             images = requested_images(charge.data)
             self._on_usage(request, images, charge.cost)
-            if self._usage:
-                usage = (images, charge.cost)
-        elif admitted is not None and charge.units:  # the cost was hit: take it back
+            usage = (images, charge.cost) if self._usage else None
+            member = admitted.slot if admitted is not None else None
+            if member is not None:
+                if charge.request_id is not None:  # queued: the slot follows the job
+                    slot = (member, "job:" + charge.request_id)
+                elif request.target.operation is not Operation.SUBMIT:  # a run or stream: over
+                    slot = (member, None)
+                # (a submit whose id could not be read keeps its slot until it expires)
+            if usage is not None or slot is not None:
+                self.backing.engine.settle_later(
+                    charge.caller, _NO_REFUNDS, admitted.at if admitted is not None else 0.0,
+                    usage, slot)
+            return
+        if admitted is None:
+            return
+        # not accepted: the cost was hit, take it back; the slot is free again
+        refunds: list[Refund] = _NO_REFUNDS
+        if charge.units:
+            windows = admitted.windows
             refunds = [(window, charge.units) for budget in charge.policy.cost_budgets
-                       for window in admitted.windows if window.budget is budget]
-        slot: tuple[str | int, str | None] | None = None
-        member = charge.slot
-        if member is not None:
-            if not accepted or request.target.operation is not Operation.SUBMIT:
-                slot = (member, None)
-            elif charge.request_id:  # queued: the slot follows the job
-                slot = (member, "job:" + charge.request_id)
-        if refunds or usage is not None or slot is not None:
-            at = admitted.at if admitted is not None else 0.0
-            self.backing.engine.settle_later(charge.caller, refunds, at, usage, slot)
+                       for window in windows if window.budget is budget]
+        if admitted.slot is not None:
+            slot = (admitted.slot, None)
+        if refunds or slot is not None:
+            self.backing.engine.settle_later(charge.caller, refunds, admitted.at, None, slot)
 
     def _watch_status(self, request: ProxyRequest, status: int, body: bytes
                       ) -> bytes | Awaitable[bytes]:

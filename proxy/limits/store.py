@@ -157,23 +157,31 @@ class MemoryUsage:
     def __init__(self, retention_days: int) -> None:
         self._days: dict[tuple[str, str], DayUsage] = {}
         self._retention = retention_days
-        self._current = ""
-        self._day_number = -1  # of `_current` (days since the epoch)
+        self._today: dict[str, DayUsage] = {}  # the current day's entries, by caller
+        self._current = ""  # the current day (YYYY-MM-DD)
+        self._ends = 0.0  # when the current day ends (epoch seconds)
 
     def add(self, caller: str, images: int, cost: float) -> None:
-        number = int(time.time()) // 86400
-        if number != self._day_number:  # a new day: forget days past the retention period
-            self._day_number = number
-            self._current = today(number * 86400)
-            keep = set(recent_days(self._retention + 1))
-            self._days = {k: v for k, v in self._days.items() if k[0] in keep}
-        day = self._current
-        entry = self._days.get((day, caller))
+        # Once per accepted request: the day is only worked out when it ends. (A clock that
+        # steps back across midnight keeps counting into the later day.)
+        if time.time() >= self._ends:
+            self._new_day()
+        entry = self._today.get(caller)
         if entry is None:
-            entry = self._days[(day, caller)] = DayUsage(day, caller)
+            entry = self._today[caller] = self._days[(self._current, caller)] = DayUsage(
+                self._current, caller)
         entry.requests += 1
         entry.images += images
         entry.cost += cost
+
+    def _new_day(self) -> None:
+        """Start keeping the clock's day, and forget days past the retention period."""
+        number = int(time.time()) // 86400
+        self._ends = (number + 1) * 86400.0
+        self._current = day = today(number * 86400)
+        keep = set(recent_days(self._retention + 1, number * 86400))
+        self._days = {k: v for k, v in self._days.items() if k[0] in keep}
+        self._today = {who: u for (when, who), u in self._days.items() if when == day}
 
     async def record(self, caller: str, images: int, cost: float) -> None:
         self.add(caller, images, cost)
