@@ -38,8 +38,8 @@ class Admission(NamedTuple):
     formats). The window states themselves (`windows`: for refunds, tests) are built from
     the engine's raw record only when asked for: per request they cost more than the headers
     do, and an admitted request that the upstream accepts never needs them. A named tuple,
-    built positionally: every request makes one, and it is a third of what a class with an
-    `__init__` costs to build.
+    built positionally: every request makes one, and it builds faster than a slots class
+    whose `__init__` sets each field (~250 ns against ~310 ns).
     """
 
     numbers: tuple[int, ...] = ()
