@@ -101,7 +101,7 @@ class _Chain:
         }
         self._resolvers = [table[name] for name in settings.resolvers]
         self._tokens = TokenVerifier(settings.secrets or ["unused"], settings.max_token_ttl)
-        self._bearers: dict[tuple[str, str], tuple[Caller, float]] = {}  # see `bearer`
+        self._bearers: dict[tuple[bytes, str], tuple[Caller, float]] = {}  # see `bearer`
         self._anonymous = any(n in ("cookie", "address") for n in settings.resolvers)
 
     def __call__(self, request: ProxyRequest) -> None:
@@ -130,15 +130,20 @@ class _Chain:
 
     def bearer(self, request: ProxyRequest) -> Caller | None:
         """`Authorization: Bearer <token>` or `Key <token>` (the fal client's credentials)."""
-        header = request.header(b"authorization")
-        if not header or not self._settings.secrets:  # no secret: no token can be ours
+        raw = None
+        for name, value in request.headers:  # (`request.header`, without decoding)
+            if name == b"authorization":
+                raw = value
+                break
+        if not raw or not self._settings.secrets:  # no secret: no token can be ours
             return None
         address = self._addr(request)
         # The browser sends the same token with every poll: its caller is built once (per
         # address), and used until the token expires.
-        known = self._bearers.get((header, address))
+        known = self._bearers.get((raw, address))
         if known is not None and time.time() < known[1]:
             return known[0]
+        header = raw.decode("latin-1")
         scheme, _, token = header.strip().partition(" ")
         scheme, token = scheme.lower(), token.strip()
         if scheme not in ("bearer", "key") or not token:
@@ -157,7 +162,7 @@ class _Chain:
                         claims={"via": "bearer"})
         if len(self._bearers) >= 4096:
             self._bearers.pop(next(iter(self._bearers)))  # oldest first
-        self._bearers[(header, address)] = (caller, until)
+        self._bearers[(raw, address)] = (caller, until)
         return caller
 
     def cookie(self, request: ProxyRequest) -> Caller | None:
