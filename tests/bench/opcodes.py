@@ -30,8 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from proxy.app import create_app  # noqa: E402
-from proxy.identity.tokens import issue_token  # noqa: E402
-from tests.bench import guard_cpu, stage_times  # noqa: E402
+from tests.bench import stage_times  # noqa: E402
 
 CALLERS, WARM_UP, TRACED = 8, 50, 25  # rounds of CALLERS requests
 
@@ -63,45 +62,8 @@ class _Counter:
 async def _run(name: str, scenario: str, counter: _Counter) -> int:
     """Serve WARM_UP rounds untraced, then TRACED rounds traced; the requests traced."""
     app = create_app(stage_times._settings(name, ""))
-    token = issue_token("bench", 3600, [guard_cpu.SECRET]).encode()
-    method, target, body = (("GET", stage_times.STATUS, b"") if scenario == "status"
-                            else ("POST", stage_times.SUBMIT, stage_times.BODY))
-    headers = [(b"host", b"127.0.0.1"), (b"x-fal-target-url", target),
-               (b"authorization", b"Bearer " + token)]
-    if body:
-        headers += [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode())]
-
-    async def one() -> None:
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-                 "method": method, "scheme": "http", "path": "/api/fal/proxy",
-                 "raw_path": b"/api/fal/proxy", "query_string": b"", "root_path": "",
-                 "headers": headers, "client": ("127.0.0.1", 5555),
-                 "server": ("127.0.0.1", 8000), "state": {}}
-        sent = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await asyncio.Event().wait()  # the client never leaves
-            return {}
-
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start" and message["status"] != 200:
-                raise SystemExit(f"the proxy answered {message['status']}: is the fake "
-                                 "upstream running?")
-
-        await app(scope, receive, send)
-
-    lifespan_in: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    lifespan_out: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    await lifespan_in.put({"type": "lifespan.startup"})
-    life = asyncio.ensure_future(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
-                                     lifespan_in.get, lifespan_out.put))
-    await lifespan_out.get()
-    try:
+    one = stage_times.request_sender(app, scenario)
+    async with stage_times.started(app):
         for _ in range(WARM_UP):
             await asyncio.gather(*(one() for _ in range(CALLERS)))
         sys.settrace(counter.trace)  # (frames made from here on: every request's)
@@ -110,9 +72,6 @@ async def _run(name: str, scenario: str, counter: _Counter) -> int:
                 await asyncio.gather(*(one() for _ in range(CALLERS)))
         finally:
             sys.settrace(None)
-    finally:
-        await lifespan_in.put({"type": "lifespan.shutdown"})
-        await life
     return TRACED * CALLERS
 
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +71,10 @@ class _Timers:
         return timed
 
 
-async def _measure(settings: Settings, scenario: str, rounds: int
-                   ) -> tuple[float, dict[str, float]]:
-    timers = _Timers()
-    merge = pipeline_module._merge_headers
-    pipeline_module._merge_headers = timers.wrap("merge headers", merge)
-    app = create_app(settings)
+def request_sender(app: Any, scenario: str) -> Callable[[], Awaitable[None]]:
+    """A coroutine function that sends `app` one request of `scenario` in-process (a signed
+    bearer token, the harness's submit body or status target) and exits unless it answers
+    200. Also `opcodes.py`'s."""
     token = issue_token("bench", 3600, [guard_cpu.SECRET]).encode()
     method, target, body = ("GET", STATUS, b"") if scenario == "status" else ("POST", SUBMIT, BODY)
     headers = [(b"host", b"127.0.0.1"), (b"x-fal-target-url", target),
@@ -109,34 +108,55 @@ async def _measure(settings: Settings, scenario: str, rounds: int
         if status != [200]:
             raise SystemExit(f"the proxy answered {status}: is the fake upstream running?")
 
-    async def caller(count: int) -> None:
-        for _ in range(count):
-            await one()
+    return one
 
+
+@contextlib.asynccontextmanager
+async def started(app: Any) -> AsyncIterator[None]:
+    """`app` through its lifespan: started on entry, shut down on exit."""
     lifespan_in: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     lifespan_out: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     await lifespan_in.put({"type": "lifespan.startup"})
     life = asyncio.ensure_future(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
                                      lifespan_in.get, lifespan_out.put))
     await lifespan_out.get()
-    pipeline = app.state.proxy.pipeline
-    pipeline._stage_list = tuple(timers.wrap(name, stage)
-                                 for name, stage in zip(STAGES, pipeline._stage_list, strict=True))
-    gc.freeze()  # as `flux-proxy serve` does
     try:
-        await asyncio.gather(*(caller(PER_ROUND) for _ in range(CALLERS)))  # warm-up
-        timers.totals.clear()
-        best = float("inf")
-        for _ in range(rounds):
-            start = time.process_time()
-            await asyncio.gather(*(caller(PER_ROUND) for _ in range(CALLERS)))
-            best = min(best, (time.process_time() - start) / (CALLERS * PER_ROUND))
-        served = rounds * CALLERS * PER_ROUND
-        return best * 1e6, {k: v / served * 1e6 for k, v in timers.totals.items()}
+        yield
     finally:
-        pipeline_module._merge_headers = merge
         await lifespan_in.put({"type": "lifespan.shutdown"})
         await life
+
+
+async def _measure(settings: Settings, scenario: str, rounds: int
+                   ) -> tuple[float, dict[str, float]]:
+    timers = _Timers()
+    merge = pipeline_module._merge_headers
+    pipeline_module._merge_headers = timers.wrap("merge headers", merge)
+    app = create_app(settings)
+    one = request_sender(app, scenario)
+
+    async def caller(count: int) -> None:
+        for _ in range(count):
+            await one()
+
+    try:
+        async with started(app):
+            pipeline = app.state.proxy.pipeline
+            pipeline._stage_list = tuple(
+                timers.wrap(name, stage)
+                for name, stage in zip(STAGES, pipeline._stage_list, strict=True))
+            gc.freeze()  # as `flux-proxy serve` does
+            await asyncio.gather(*(caller(PER_ROUND) for _ in range(CALLERS)))  # warm-up
+            timers.totals.clear()
+            best = float("inf")
+            for _ in range(rounds):
+                start = time.process_time()
+                await asyncio.gather(*(caller(PER_ROUND) for _ in range(CALLERS)))
+                best = min(best, (time.process_time() - start) / (CALLERS * PER_ROUND))
+            served = rounds * CALLERS * PER_ROUND
+            return best * 1e6, {k: v / served * 1e6 for k, v in timers.totals.items()}
+    finally:
+        pipeline_module._merge_headers = merge
 
 
 def main() -> int:
