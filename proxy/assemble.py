@@ -60,20 +60,25 @@ def _charge(services: Services) -> Stage:
     track = services.metrics.track
     if services.limits is None:
         return track
-    charge = services.limits.charge
-
-    def track_then_charge(request: ProxyRequest) -> Awaitable[None] | None:
-        # (`chain`'s loop, unrolled for the two: this runs on every request)
-        track(request)
-        return charge(request)
-
-    return track_then_charge
+    return chain(track, services.limits.charge)
 
 
 def chain(*stages: Stage) -> Stage:
     """Several checks in one pipeline slot, run in order; the first refusal wins. Synchronous
     while its stages are (see `Stage`)."""
     stages = tuple(stage for stage in stages if stage is not _no_check)
+    if len(stages) <= 1:
+        return stages[0] if stages else _no_check
+    if len(stages) == 2:  # (the loop below, unrolled: slots of two run on every request)
+        first, second = stages
+
+        def run_two(request: ProxyRequest) -> Awaitable[None] | None:
+            pending = first(request)
+            if pending is not None:  # it waits: so does the second
+                return _finish(pending, (second,), request)
+            return second(request)
+
+        return run_two
 
     def run(request: ProxyRequest) -> Awaitable[None] | None:
         for index, stage in enumerate(stages):
