@@ -178,10 +178,10 @@ class MemoryUsage:
         """Start keeping the clock's day, and forget days past the retention period."""
         number = int(time.time()) // 86400
         self._ends = (number + 1) * 86400.0
-        self._current = day = today(number * 86400)
+        self._current = today(number * 86400)
         keep = set(recent_days(self._retention + 1, number * 86400))
         self._days = {k: v for k, v in self._days.items() if k[0] in keep}
-        self._today = {who: u for (when, who), u in self._days.items() if when == day}
+        self._today = {}  # (a later day than any kept: none of its entries exist yet)
 
     async def record(self, caller: str, images: int, cost: float) -> None:
         self.add(caller, images, cost)
