@@ -152,7 +152,8 @@ async def test_limits_reads_refunded_counters(redis_server: RedisServer) -> None
                        "strategy": "moving-window"}}
     backing = open_backing(settings_from_dict(data).limits)
     theirs = MovingWindowRateLimiter(
-        RedisStorage(f"async+{redis_server.url}", key_prefix=f"{prefix}:limits"))
+        RedisStorage(f"async+{redis_server.url}", implementation="redispy",  # not coredis
+                     key_prefix=f"{prefix}:limits"))
     rate = _budget("submit", "5/minute")
     try:
         spent = await backing.engine.admit("user:g", ((rate, 3),), None)

@@ -240,7 +240,9 @@ async def test_limits_own_redis_storage_reads_the_engines_counters(
     prefix = f"t{uuid.uuid4().hex}"
     data = {"limits": {"storage": redis_server.url, "key_prefix": prefix, "strategy": strategy}}
     backing = open_backing(settings_from_dict(data).limits)
-    theirs = RedisStorage(f"async+{redis_server.url}", key_prefix=f"{prefix}:limits")
+    # redis-py, the client this project depends on (`limits` defaults to coredis)
+    theirs = RedisStorage(f"async+{redis_server.url}", implementation="redispy",
+                          key_prefix=f"{prefix}:limits")
     limiter = (SlidingWindowCounterRateLimiter(theirs) if strategy == "sliding-window"
                else MovingWindowRateLimiter(theirs))
     item = _submit().items[0]
