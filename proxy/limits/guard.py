@@ -89,6 +89,16 @@ class _Charge:
     request_id: str | None = None  # fal's id of the job, when the slot follows it
 
 
+def _cost_refunds(charge: _Charge, admitted: Admission) -> list[Refund]:
+    """Each cost window the charge hit, with its units (a refused request's refund).
+
+    Apart from `_settle_billed`: a comprehension there would make its locals closure cells,
+    built on every settlement, accepted ones included."""
+    windows = admitted.windows
+    return [(window, charge.units) for budget in charge.policy.cost_budgets
+            for window in windows if window.budget is budget]
+
+
 class LimitsGuard:
     """Checks budgets before forwarding and settles them afterwards (see module docstring)."""
 
@@ -365,11 +375,7 @@ class LimitsGuard:
         if admitted is None:
             return
         # not accepted: the cost was hit, take it back; the slot is free again
-        refunds: list[Refund] = _NO_REFUNDS
-        if charge.units:
-            windows = admitted.windows
-            refunds = [(window, charge.units) for budget in charge.policy.cost_budgets
-                       for window in windows if window.budget is budget]
+        refunds = _cost_refunds(charge, admitted) if charge.units else _NO_REFUNDS
         if admitted.slot is not None:
             slot = (admitted.slot, None)
         if refunds or slot is not None:
