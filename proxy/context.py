@@ -32,6 +32,7 @@ class Outcome:
     upstream_status: int | None = None
     error: str | None = None  # None, "refused", "unreachable", "timeout", "unknown", "disconnected"
     streamed: bool = False
+    body: bytes = b""  # a buffered answer as the upstream sent it, before any response filter
 
     @property
     def upstream_succeeded(self) -> bool:

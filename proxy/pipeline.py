@@ -219,6 +219,7 @@ class Pipeline:
             await upstream.aclose()
             outcome.error = "unreachable"
             raise _upstream_failure(request, exc) from None
+        outcome.body = body  # (settle hooks read the upstream's own answer: fal's job id)
         for response_filter in request.response_filters:
             filtered = response_filter(request, status, body)
             body = filtered if isinstance(filtered, bytes) else await filtered

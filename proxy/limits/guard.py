@@ -86,7 +86,6 @@ class _Charge:
     policy: Policy
     units: int  # what each of the policy's cost budgets was hit with (refunded if not accepted)
     admitted: Admission | None = None  # where the hits went (what a refund names), its slot
-    request_id: str | None = None  # fal's id of the job, when the slot follows it
 
 
 def _cost_refunds(charge: _Charge, admitted: Admission) -> list[Refund]:
@@ -244,10 +243,6 @@ class LimitsGuard:
             charge.admitted = admitted
             if plan is not None:
                 request.response_headers += plan.headers(admitted.numbers)
-            if admitted.slot is not None and request.target.operation is Operation.SUBMIT:
-                # The slot follows the job: learn its id. First in line, so it sees fal's
-                # own id before any filter rewrites it.
-                request.response_filters.insert(0, self._capture_request_id)
 
     def _charge_polling(self, request: ProxyRequest, caller: str, policy: Policy, exempt: bool
                         ) -> Awaitable[None] | None:
@@ -342,15 +337,6 @@ class LimitsGuard:
 
     # -- settlement ------------------------------------------------------------------------
 
-    def _capture_request_id(self, request: ProxyRequest, status: int, body: bytes) -> bytes:
-        if 200 <= status < 300:
-            # fal's submit answer is one flat object: its id found without parsing it all
-            found = _REQUEST_ID.search(body)
-            if found is not None:
-                charge: _Charge = request.notes["limits"]
-                charge.request_id = found.group(1).decode()
-        return body
-
     def _settle_billed(self, request: ProxyRequest, outcome: Outcome) -> None:
         charge: _Charge = request.notes["limits"]
         admitted = charge.admitted
@@ -362,11 +348,15 @@ class LimitsGuard:
             usage = (images, charge.cost) if self._usage else None
             member = admitted.slot if admitted is not None else None
             if member is not None:
-                if charge.request_id is not None:  # queued: the slot follows the job
-                    slot = (member, "job:" + charge.request_id)
-                elif request.target.operation is not Operation.SUBMIT:  # a run or stream: over
+                if request.target.operation is not Operation.SUBMIT:  # a run or stream: over
                     slot = (member, None)
-                # (a submit whose id could not be read keeps its slot until it expires)
+                else:  # queued: the slot follows the job, by the id in fal's own answer (one
+                    # flat object: found without parsing it all, and before any filter
+                    # rewrote it)
+                    found = _REQUEST_ID.search(outcome.body)
+                    if found is not None:
+                        slot = (member, "job:" + found.group(1).decode())
+                    # (a submit whose id could not be read keeps its slot until it expires)
             if usage is not None or slot is not None:
                 self.backing.engine.settle_later(
                     charge.caller, _NO_REFUNDS, admitted.at if admitted is not None else 0.0,

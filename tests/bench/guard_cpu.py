@@ -74,8 +74,8 @@ async def _one(stages: Stages, log: MetricsAccessLog, token: bytes, scenario: st
         pending = stage(request)  # as the pipeline does: None, or an awaitable to finish
         if pending is not None:
             await pending
-    outcome = Outcome(status=200, upstream_status=200)
     answer = ANSWERS[scenario]
+    outcome = Outcome(status=200, upstream_status=200, body=answer)
     for response_filter in request.response_filters:
         filtered = response_filter(request, 200, answer)
         answer = filtered if isinstance(filtered, bytes) else await filtered
