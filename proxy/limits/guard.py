@@ -350,9 +350,10 @@ class LimitsGuard:
             if member is not None:
                 if request.target.operation is not Operation.SUBMIT:  # a run or stream: over
                     slot = (member, None)
-                else:  # queued: the slot follows the job, by the id in fal's own answer (one
-                    # flat object: found without parsing it all, and before any filter
-                    # rewrote it)
+                else:
+                    # Queued: the slot follows the job, named by the id in fal's own answer
+                    # (one flat object: found without parsing it all; kept from before any
+                    # response filter rewrote it).
                     found = _REQUEST_ID.search(outcome.body)
                     if found is not None:
                         slot = (member, "job:" + found.group(1).decode())

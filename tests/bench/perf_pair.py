@@ -100,7 +100,7 @@ def _print(off: tuple[Samples, int], on: tuple[Samples, int], name: str, top: in
         by_object[key[0]][0] += value * 1000 / base_requests
     for key, value in guarded.items():
         by_object[key[0]][1] += value * 1000 / requests
-    added = total_on - total_off
+    added = (total_on - total_off) or 1.0  # (the shares' denominator)
     print(f"\n{'+/-':>8}{'on':>9}{'off':>9}  {'share of +':>10}  shared object")
     for obj, (a, b) in sorted(by_object.items(), key=lambda kv: kv[1][0] - kv[1][1])[:12]:
         print(f"{b - a:8.1f}{b:9.1f}{a:9.1f}  {(b - a) / added:10.1%}  {obj}")
