@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets as _random
+import sys
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
@@ -155,7 +156,9 @@ def build_pipeline(
         build_stages(settings, services),
         max_body_bytes=settings.server.max_body_bytes,
         max_response_bytes=settings.server.max_response_bytes,
-        access_log=MetricsAccessLog(services.metrics, settings.log.access),
+        access_log=MetricsAccessLog(
+            services.metrics, settings.log.access,
+            stream=sys.stderr if settings.log.access_output == "stderr" else None),
     )
 
 

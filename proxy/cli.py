@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -17,6 +18,15 @@ __all__ = ["app_factory", "main"]
 
 def _load(config: str | None) -> Settings:
     return load_settings(config)
+
+
+def _serving(settings: Settings) -> Settings:
+    """`settings` as `flux-proxy serve` runs them: it owns the process's logging (stderr, as
+    `_configure_logging` sets it up), so access lines skip the logging module there."""
+    if settings.log.access_output != "auto":
+        return settings
+    return dataclasses.replace(
+        settings, log=dataclasses.replace(settings.log, access_output="stderr"))
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -52,7 +62,7 @@ def app_factory() -> object:
     """uvicorn factory for multi-worker serving: settings come from FLUX_PROXY_CONFIG + env."""
     from .app import create_app
 
-    settings = load_settings()
+    settings = _serving(load_settings())
     _configure_logging(settings)
     app = create_app(settings)
     _tune_gc()
@@ -80,7 +90,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.config:
         os.environ["FLUX_PROXY_CONFIG"] = str(args.config)  # for worker processes
-    settings = _load(args.config)
+    settings = _serving(_load(args.config))
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
     workers = args.workers or settings.server.workers

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .asgi_types import Receive, Scope, Send
 from .context import Outcome, ProxyRequest
@@ -185,8 +185,9 @@ def _bound(value: float) -> str:
 class MetricsAccessLog(AccessLog):
     """The access log, also counting every request (refusals included) into `metrics`."""
 
-    def __init__(self, metrics: Metrics, enabled: bool = True) -> None:
-        super().__init__(enabled)
+    def __init__(self, metrics: Metrics, enabled: bool = True, stream: TextIO | None = None
+                 ) -> None:
+        super().__init__(enabled, stream=stream)
         self.metrics = metrics
 
     def record(self, scope: Scope, request: ProxyRequest | None, outcome: Outcome,

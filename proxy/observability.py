@@ -2,16 +2,47 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from typing import TextIO
 
 from .asgi_types import Scope
 from .context import Outcome, ProxyRequest
 
-__all__ = ["ACCESS_LOGGER", "AccessLog"]
+__all__ = ["ACCESS_LOGGER", "AccessLog", "LineBatcher"]
 
 ACCESS_LOGGER = "flux_proxy.access"
+
+
+class LineBatcher:
+    """Writes lines to a stream once per event-loop turn: under load one write carries every
+    line of the turn, and an idle server writes each line in the turn it was made."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lines: list[str] = []
+
+    def add(self, line: str) -> None:
+        lines = self._lines
+        lines.append(line)
+        if len(lines) == 1:  # the turn's first: write them all when the turn ends
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop running: now
+                self.flush()
+
+    def flush(self) -> None:
+        if not self._lines:
+            return
+        text = "\n".join(self._lines) + "\n"
+        self._lines.clear()
+        try:
+            self._stream.write(text)
+            self._stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream: drop, as logging would
+            pass
 
 
 class AccessLog:
@@ -21,9 +52,15 @@ class AccessLog:
     bodies, tokens or the fal key.
     """
 
-    def __init__(self, enabled: bool = True, logger: logging.Logger | None = None) -> None:
+    def __init__(self, enabled: bool = True, logger: logging.Logger | None = None,
+                 stream: TextIO | None = None) -> None:
+        """`stream`: write lines there (batched per event-loop turn, prefixed with the
+        logger's name) instead of through the logging module; the logger's level still
+        decides whether they are written."""
         self._enabled = enabled
         self._logger = logger or logging.getLogger(ACCESS_LOGGER)
+        self._batch = LineBatcher(stream) if stream is not None else None
+        self._prefix = self._logger.name + " "  # as `flux-proxy serve`'s log format has it
 
     def record(
         self, scope: Scope, request: ProxyRequest | None, outcome: Outcome,
@@ -53,4 +90,7 @@ class AccessLog:
             line += f',"error":"{outcome.error}"'
         if outcome.streamed:
             line += ',"streamed":true'
-        self._logger.info(line + "}")
+        if self._batch is not None:
+            self._batch.add(self._prefix + line + "}")
+        else:
+            self._logger.info(line + "}")

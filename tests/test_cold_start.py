@@ -6,6 +6,7 @@ measures it); these tests keep the lazy ones lazy.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -65,6 +66,10 @@ def test_hosted_serve_answers_without_importing_optional_packages(
         proc.terminate()
         proc.wait(10)
     assert "proxy.app" in imported  # the log is the serving process's own
+    # serve writes its access lines to stderr itself (log.access_output "auto"), one each
+    access = [json.loads(line.split(" ", 1)[1]) for line in log.read_text().splitlines()
+              if line.startswith("flux_proxy.access ")]
+    assert [(a["op"], a["status"]) for a in access] == [("submit", 200)]
     assert sorted(imported & set(LAZY)) == []
     # metrics were counted all along, and render once asked for
     assert scraped.status_code == 200
