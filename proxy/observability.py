@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import select
 import time
 from typing import TextIO
 
@@ -16,9 +17,16 @@ __all__ = ["ACCESS_LOGGER", "AccessLog", "LineBatcher"]
 ACCESS_LOGGER = "flux_proxy.access"
 
 
+# Writes up to this size reach a pipe whole (POSIX PIPE_BUF): several worker processes sharing
+# one stderr pipe then never interleave inside a line.
+_ATOMIC_WRITE = getattr(select, "PIPE_BUF", 512)
+
+
 class LineBatcher:
-    """Writes lines to a stream once per event-loop turn: under load one write carries every
-    line of the turn, and an idle server writes each line in the turn it was made."""
+    """Writes lines to a stream once per event-loop turn: under load a few writes carry every
+    line of the turn, and an idle server writes each line in the turn it was made. Lines are
+    ASCII (the access log escapes the rest); each write holds whole lines, at most
+    `_ATOMIC_WRITE` bytes of them unless one line alone is longer."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
@@ -34,15 +42,24 @@ class LineBatcher:
                 self.flush()
 
     def flush(self) -> None:
-        if not self._lines:
-            return
-        text = "\n".join(self._lines) + "\n"
-        self._lines.clear()
+        lines, self._lines = self._lines, []
+        chunk: list[str] = []
+        size = 0
         try:
-            self._stream.write(text)
-            self._stream.flush()
+            for line in lines:
+                if chunk and size + len(line) + 1 > _ATOMIC_WRITE:
+                    self._write(chunk)
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line) + 1
+            if chunk:
+                self._write(chunk)
         except (OSError, ValueError):  # a closed or broken stream: drop, as logging would
             pass
+
+    def _write(self, lines: list[str]) -> None:
+        self._stream.write("\n".join(lines) + "\n")
+        self._stream.flush()
 
 
 class AccessLog:

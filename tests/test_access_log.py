@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import logging
+import select
 
 import pytest
 
@@ -20,12 +21,18 @@ STATUS = "https://queue.fal.run/fal-ai/flux/requests/2b5e4c1a-7d3f-4e8b-9a61-0c4
 
 
 class _Counting(io.StringIO):
-    """A stream that counts its writes."""
+    """A stream that counts its writes and keeps their sizes."""
 
-    writes = 0
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    @property
+    def writes(self) -> int:
+        return len(self.sizes)
 
     def write(self, text: str) -> int:
-        self.writes += 1
+        self.sizes.append(len(text))
         return super().write(text)
 
 
@@ -88,3 +95,19 @@ def test_serve_writes_access_lines_itself_unless_told_to_use_logging() -> None:
     chosen = settings_from_dict({"log": {"access_output": "logging"}})
     assert _serving(chosen).log.access_output == "logging"
     assert settings_from_dict({}).log.access_output == "auto"  # embedded: through logging
+
+
+async def test_a_busy_turn_is_written_in_whole_lines_of_at_most_a_pipes_atomic_write(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Several workers share one stderr: a pipe keeps writes up to PIPE_BUF whole."""
+    caplog.set_level(logging.INFO, logger="flux_proxy.access")
+    stream = _Counting()
+    log = AccessLog(stream=stream)
+    for status in range(200, 300):  # ~100 lines of ~120 bytes: ~12 KB in one turn
+        log.record({}, _request(), Outcome(status=status), 0.0)
+    await asyncio.sleep(0)
+    assert 1 < stream.writes < 10
+    assert all(size <= select.PIPE_BUF for size in stream.sizes)
+    lines = stream.getvalue().splitlines()
+    assert [json.loads(line.split(" ", 1)[1])["status"] for line in lines] == list(range(200, 300))
