@@ -15,7 +15,8 @@ the peer it writes to included). A run's pairs agree within
 pair per guarded configuration and scenario per round; medians of the per-round ratios,
 with their range. The configurations are `guards_bench.sh`'s (and `cpu_per_request.py`'s).
 `--pieces` adds guards-memory with one piece off at a time (the concurrency cap, the global
-cap, usage accounting; and bearer identity with no limits), to see what each costs. Not a
+cap, usage accounting; and bearer identity with no limits), to see what each costs, and
+guards off with the access log on (`access-log`), which every other configuration leaves off. Not a
 test: it prints figures.
 """
 
@@ -74,6 +75,9 @@ def main() -> int:
                 'global_cost = "100000000/day"', 'global_cost = ""')),
             "no-usage": _config('["bearer"]', LIMITS + "usage = false\n"),
             "bearer-only": _config('["bearer"]', "enabled = false\n"),
+            # not a guard: guards off with the access log on, as `flux-proxy serve` runs
+            # by default (every other configuration here has it off)
+            "access-log": configs["guards-off"].replace("access = false", "access = true"),
         })
     if redis_config is not None:
         configs["guards-redis"] = redis_config
