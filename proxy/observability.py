@@ -31,17 +31,23 @@ class LineBatcher:
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self._lines: list[str] = []
+        self._scheduled: asyncio.AbstractEventLoop | None = None  # where a flush is due
 
     def add(self, line: str) -> None:
-        lines = self._lines
-        lines.append(line)
-        if len(lines) == 1:  # the turn's first: write them all when the turn ends
-            try:
-                asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:  # no loop running: now
-                self.flush()
+        self._lines.append(line)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop running: now
+            self.flush()
+            return
+        if self._scheduled is not loop:  # the turn's first line: write all when it ends
+            # (by loop, not by "lines were waiting": a loop that stopped before its flush
+            # ran must not keep the next loop's lines waiting forever)
+            self._scheduled = loop
+            loop.call_soon(self.flush)
 
     def flush(self) -> None:
+        self._scheduled = None
         lines, self._lines = self._lines, []
         chunk: list[str] = []
         size = 0

@@ -111,3 +111,32 @@ async def test_a_busy_turn_is_written_in_whole_lines_of_at_most_a_pipes_atomic_w
     assert all(size <= select.PIPE_BUF for size in stream.sizes)
     lines = stream.getvalue().splitlines()
     assert [json.loads(line.split(" ", 1)[1])["status"] for line in lines] == list(range(200, 300))
+
+
+def test_lines_left_by_a_loop_that_stopped_are_written_with_the_next_loops(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="flux_proxy.access")
+    stream = _Counting()
+    log = AccessLog(stream=stream)
+
+    async def one(status: int) -> None:
+        log.record({}, _request(), Outcome(status=status), 0.0)
+
+    async def one_as_the_loop_stops() -> None:
+        asyncio.get_running_loop().stop()  # this turn is its last: the flush never runs
+        await one(201)
+
+    stopped = asyncio.new_event_loop()
+    stopped.run_until_complete(one_as_the_loop_stops())
+    stopped.close()
+    assert stream.getvalue() == ""
+
+    async def next_loop() -> None:
+        await one(202)
+        await asyncio.sleep(0)
+
+    asyncio.run(next_loop())
+    statuses = [json.loads(line.split(" ", 1)[1])["status"]
+                for line in stream.getvalue().splitlines()]
+    assert statuses == [201, 202]
