@@ -104,11 +104,13 @@ def _serve(args: argparse.Namespace) -> int:
         f"(proxy route {settings.server.route}, {mode})",
         file=sys.stderr, flush=True,
     )
+    from .http_protocol import http_protocol
+
     # ws="none": nothing here speaks websockets, and uvicorn's "auto" imports the websockets
     # package (~15 ms of cold start) just in case.
     common = dict(
-        host=host, port=port, loop="auto", http="auto", ws="none", access_log=False,
-        log_level=settings.log.level, server_header=False, proxy_headers=False,
+        host=host, port=port, loop="auto", http=http_protocol(settings.server), ws="none",
+        access_log=False, log_level=settings.log.level, server_header=False, proxy_headers=False,
         timeout_graceful_shutdown=5,
     )
     _tune_gc()

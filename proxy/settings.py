@@ -95,6 +95,9 @@ class ServerSettings:
     max_body_bytes: int = 1_048_576
     max_response_bytes: int = 64 * 1_048_576
     workers: int = 1
+    # `flux-proxy serve` only: each response's head and body in one socket write
+    # (http_protocol.py); off, uvicorn's own protocol writes them apart.
+    coalesce_writes: bool = True
 
     def validate(self, key: str) -> None:
         route = self.route

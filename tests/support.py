@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from proxy.app import create_app
+from proxy.http_protocol import http_protocol
 from proxy.identity.tokens import SALT_REQUEST_ID, serializer
 from proxy.policy.ownership import Ownership
 from proxy.settings import Settings, settings_from_dict
@@ -70,8 +71,9 @@ def fal_id(signed: str, secret: str = TEST_SECRET) -> str:
 
 @contextmanager
 def running_proxy(settings: Settings) -> Iterator[ServerHandle]:
-    """The standalone app under uvicorn on 127.0.0.1, stopped on exit."""
-    with ServerHandle(create_app(settings)) as server:
+    """The standalone app under uvicorn on 127.0.0.1, as `flux-proxy serve` runs it (its HTTP
+    protocol included), stopped on exit."""
+    with ServerHandle(create_app(settings), http=http_protocol(settings.server)) as server:
         yield server
 
 

@@ -137,7 +137,11 @@ class _Chain:
                 break
         if not raw or not self._settings.secrets:  # no secret: no token can be ours
             return None
-        address = self._addr(request)
+        if self._trusted:
+            address = client_address(request, self._trusted)
+        else:  # (client_address's answer without forwarding headers, two calls fewer)
+            client = request.scope.get("client")
+            address = str(client[0]) if client else ""
         # The browser sends the same token with every poll: its caller is built once (per
         # address), and used until the token expires.
         known = self._bearers.get((raw, address))

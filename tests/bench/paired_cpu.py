@@ -15,9 +15,10 @@ the peer it writes to included). A run's pairs agree within
 pair per guarded configuration and scenario per round; medians of the per-round ratios,
 with their range. The configurations are `guards_bench.sh`'s (and `cpu_per_request.py`'s).
 `--pieces` adds guards-memory with one piece off at a time (the concurrency cap, the global
-cap, usage accounting; and bearer identity with no limits), to see what each costs, and
-guards off with the access log on (`access-log`), which every other configuration leaves off. Not a
-test: it prints figures.
+cap, usage accounting; and bearer identity with no limits), to see what each costs, and two
+rows that are not guards: guards off with the access log on (`access-log`), which every other
+configuration leaves off, and guards off with uvicorn's own two writes per response
+(`two-writes`: `server.coalesce_writes` off). Not a test: it prints figures.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def main() -> int:
             # not a guard: guards off with the access log on, as `flux-proxy serve` runs
             # by default (every other configuration here has it off)
             "access-log": configs["guards-off"].replace("access = false", "access = true"),
+            # not a guard either: guards off with uvicorn's own two writes per response
+            "two-writes": configs["guards-off"] + "[server]\ncoalesce_writes = false\n",
         })
     if redis_config is not None:
         configs["guards-redis"] = redis_config
