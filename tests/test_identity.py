@@ -338,3 +338,27 @@ def test_a_remembered_bearer_caller_lasts_only_as_long_as_its_token() -> None:
     with pytest.raises(ProxyError) as refused:
         identified(short)
     assert refused.value.status == 401 and "expired" in str(refused.value.detail)
+
+
+def test_a_bearer_callers_address_is_the_client_behind_a_trusted_proxy() -> None:
+    """The address a token's caller carries (what host apps and hooks see) follows the same
+    rule as address identity: forwarding headers only from a trusted proxy."""
+    from proxy.identity import build_identify
+    from proxy.identity.settings import IdentitySettings
+
+    secrets = ("resolver-secret-0123456789",)
+    token = issue_token("alice", 60, list(secrets))
+
+    def address(trusted: tuple[str, ...]) -> str:
+        identify = build_identify(IdentitySettings(resolvers=("bearer",), secrets=secrets,
+                                                   trusted_proxies=trusted))
+        request = ProxyRequest(scope={"client": ("10.0.0.2", 5000)}, method="GET",
+                               headers=[(b"authorization", f"Bearer {token}".encode()),
+                                        (b"x-forwarded-for", b"198.51.100.4")],
+                               target=parse_target("https://fal.run/fal-ai/flux/dev", "POST"))
+        identify(request)
+        assert request.caller is not None and request.caller.id == "user:alice"
+        return request.caller.address
+
+    assert address(("10.0.0.0/8",)) == "198.51.100.4"
+    assert address(()) == "10.0.0.2"
