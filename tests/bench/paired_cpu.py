@@ -1,6 +1,7 @@
 """Guards on against guards off, both loaded at once on the same core: the paired measure.
 
-    python3 tests/bench/paired_cpu.py [--redis] [--pieces] [--rounds 5] [--seconds 5]
+    python3 tests/bench/paired_cpu.py [--redis] [--pieces] [--only NAMES] [--rounds 5]
+                                        [--seconds 5]
 
 This box's speed swings by up to 2x within minutes, so two figures taken one after the
 other (what the shared harness and `cpu_per_request.py` do) differ by ±20% for the same code.
@@ -18,7 +19,8 @@ with their range. The configurations are `guards_bench.sh`'s (and `cpu_per_reque
 cap, usage accounting; and bearer identity with no limits), to see what each costs, and two
 rows that are not guards: guards off with the access log on (`access-log`), which every other
 configuration leaves off, and guards off with uvicorn's own two writes per response
-(`two-writes`: `server.coalesce_writes` off). Not a test: it prints figures.
+(`two-writes`: `server.coalesce_writes` off). `--only` keeps just the named configurations.
+Not a test: it prints figures.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ def main() -> int:
     parser.add_argument("--redis", action="store_true", help="also guards with Redis limits")
     parser.add_argument("--pieces", action="store_true",
                         help="also guards-memory with one piece off at a time")
+    parser.add_argument("--only", default="",
+                        help="comma-separated configurations to pair with guards off (e.g. "
+                             "--pieces --only two-writes): more rounds of one pair in the time")
     args = parser.parse_args()
     if _wrk_missing():
         return 1
@@ -84,6 +89,9 @@ def main() -> int:
         })
     if redis_config is not None:
         configs["guards-redis"] = redis_config
+    if args.only:
+        keep = {"guards-off", *args.only.split(",")}
+        configs = {name: text for name, text in configs.items() if name in keep}
     # per round: req/s, CPU, user CPU and system CPU per request, each against guards off
     ratios: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
     try:
