@@ -218,13 +218,7 @@ class LimitsGuard:
             next(self._slot_numbers) if limit > 0 else None, limit)
         if admitted.refused is not None or admitted.slot_refused is not None:
             self._judged(admitted, limit)  # (raises: its 429)
-        # `_billed`, inline: every guarded submit runs this
-        charge.admitted = admitted
-        request.notes["limits"] = charge
-        request.settle_hooks.append(self._settle_billed)
-        plan = policy.billed_headers
-        if plan is not None:
-            request.response_headers += plan.headers(admitted.numbers)
+        self._billed(request, charge, admitted, policy.billed_headers)
         return None
 
     async def _charge_billed_remote(self, request: ProxyRequest, charge: _Charge,
